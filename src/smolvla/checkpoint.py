@@ -1,0 +1,136 @@
+"""Checkpoint files: safetensors state dicts with strict key checks, and backbone resolution.
+
+A LeRobot SmolVLA checkpoint stores mixed dtypes (bf16 backbone and expert, fp32 projections). We
+read each tensor's dtype from the file, copy it into the constructed parameter, and remember it, so
+that saving writes the file back bit-identically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from smolvla.config import KNOWN_BACKBONES, BackboneConfig, ConfigError, SmolVLAConfig
+from smolvla.hub import resolve_dir
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+VLM_DIR = "vlm"  # where we store a backbone that is not known by name, beside the checkpoint
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit the model."""
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, as stored (dtypes kept)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
+
+
+def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
+               ignore_prefixes: tuple[str, ...] = ()) -> dict[str, torch.dtype]:
+    """Copies `tensors` into `module` (casting to each parameter's dtype). Every parameter must be
+    given and every tensor must be used: a mismatch raises, listing missing and unexpected keys.
+    Returns the dtype each tensor had in the file."""
+    params = module.state_dict()
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(ignore_prefixes)}
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        legacy = [k for k in unexpected if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))]
+        hint = ""
+        if legacy:
+            hint = (" The unexpected keys include legacy normalization buffers: this checkpoint predates "
+                    "processor files; migrate it with LeRobot's processor/migrate_policy_normalization.py.")
+        raise CheckpointError(
+            f"{source}: state dict does not match the model ({len(missing)} missing, {len(unexpected)} unexpected)."
+            f"\n  missing: {_short(missing)}\n  unexpected: {_short(unexpected)}{hint}"
+        )
+    dtypes = {}
+    with torch.no_grad():
+        for k, p in params.items():
+            t = tensors[k]
+            if tuple(t.shape) != tuple(p.shape):
+                raise CheckpointError(f"{source}: {k} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
+            if not t.is_floating_point() or not torch.isfinite(t).all():
+                raise CheckpointError(f"{source}: {k} is not a finite floating-point tensor")
+            p.copy_(t)
+            dtypes[k] = t.dtype
+    return dtypes
+
+
+def _short(keys: list[str], n: int = 12) -> str:
+    if not keys:
+        return "none"
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def save_state(module: nn.Module, path: Path, dtypes: dict[str, torch.dtype] | None = None) -> None:
+    """Writes the state dict as one safetensors file, each tensor in `dtypes[key]` if given.
+
+    Written to a temporary name and renamed, so an interrupted save never leaves a truncated file.
+    """
+    dtypes = dtypes or {}
+    state = {k: v.detach().to("cpu", dtypes.get(k, v.dtype)).contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+
+
+def resolve_backbone(cfg: SmolVLAConfig, checkpoint_dir: Path | None = None) -> tuple[BackboneConfig, Path | None]:
+    """The backbone architecture named by `cfg.vlm_model_name`, and the folder holding its files
+    (config.json, tokenizer.json, maybe weights), if any.
+
+    Looked up in order: a folder relative to the checkpoint (LeRobot-made test fixtures, and our own
+    checkpoints of custom backbones); a backbone known by name (no download needed); a local folder;
+    a hub repo (or the local HF cache when offline).
+    """
+    name = cfg.vlm_model_name
+    if checkpoint_dir is not None and (checkpoint_dir / name / CONFIG_FILE).is_file():
+        folder: Path | None = checkpoint_dir / name
+    elif name in KNOWN_BACKBONES:
+        return KNOWN_BACKBONES[name], None
+    else:
+        folder = resolve_dir(name, relative_to=checkpoint_dir, allow_patterns=["*.json"], what="backbone (vlm_model_name)")
+    path = folder / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"vlm_model_name {name!r}: {path} is missing") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    backbone = BackboneConfig.from_hf_dict(raw, source=str(path))
+    tok = folder / "tokenizer.json"
+    if tok.is_file():
+        vocab = {t["content"]: t["id"] for t in json.loads(tok.read_text()).get("added_tokens", [])}
+        backbone = BackboneConfig(
+            vision=backbone.vision, text=backbone.text, scale_factor=backbone.scale_factor,
+            image_token_id=backbone.image_token_id,
+            global_image_token_id=vocab.get("<global-img>", backbone.global_image_token_id),
+            fake_image_token_id=vocab.get("<fake_token_around_image>", backbone.fake_image_token_id),
+        )
+    return backbone, folder
+
+
+def backbone_weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a backbone repo (single file or sharded with an index)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / s for s in shards]
+    single = folder / MODEL_FILE
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json (backbone weights)")

@@ -1,0 +1,328 @@
+"""SmolVLA's network: the truncated SmolVLM2, the action expert beside it, and flow matching.
+
+Reads top to bottom as the computation runs:
+  prefix  = [64 image tokens per camera] + [language tokens] + [state token]       (embed_prefix)
+  suffix  = 50 noisy-action tokens, each fused with the flow time t                  (embed_suffix)
+  layers  = VLM layer i beside expert layer j; self-attention layers attend jointly over
+            [prefix; suffix], cross-attention layers let the expert read the VLM's keys/values
+  loss    = || v(x_t, t) - (noise - actions) ||^2                                     (forward)
+  sample  = Euler steps from t=1 (noise) to t=0 (actions), prefix K/V computed once   (sample_actions)
+Shapes: B batch, P prefix length, S suffix length (= chunk_size), D VLM width, E expert width,
+H heads, KV key/value heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smolvla.config import BackboneConfig, SmolVLAConfig, expert_intermediate_size
+from smolvla.model.backbone import DecoderLayer, RMSNorm, SmolVLM, apply_rope, attention
+
+
+def make_att_2d_masks(pad_masks: torch.Tensor, ar_marks: torch.Tensor) -> torch.Tensor:
+    """Token i attends to j iff cumsum(ar)[j] <= cumsum(ar)[i] and both are real (big_vision).
+
+    pad_masks, ar_marks (B, N) -> (B, N, N) bool.
+    """
+    c = torch.cumsum(ar_marks, dim=1)
+    return (c[:, None, :] <= c[:, :, None]) & (pad_masks[:, None, :] & pad_masks[:, :, None])
+
+
+def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
+    """t (B,) -> (B, dim): [sin, cos] over geometric periods, computed in float64 where available."""
+    if dim % 2:
+        raise ValueError(f"time embedding width: got {dim}, expected an even number")
+    dtype = torch.float32 if t.device.type in ("mps", "xpu") else torch.float64
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = (2 * math.pi / period)[None, :] * t[:, None].to(dtype)
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+
+
+class Expert(nn.Module):
+    """The action expert: a narrower Llama stack without embeddings (`lm_expert` in checkpoints)."""
+
+    def __init__(self, cfg: SmolVLAConfig, backbone: BackboneConfig, kinds: list[str]) -> None:
+        super().__init__()
+        text = backbone.text
+        width = int(text.hidden_size * cfg.expert_width_multiplier)
+        inter = expert_intermediate_size(width)
+        kv_dim = text.num_key_value_heads * text.head_dim
+        self.layers = nn.ModuleList(
+            DecoderLayer(text, width, inter, kv_in=kv_dim if kind == "ca" else None) for kind in kinds
+        )
+        self.norm = RMSNorm(width, text.rms_norm_eps)
+        self.width = width
+
+
+class VLMWithExpert(nn.Module):
+    """The VLM and the expert side by side (`vlm_with_expert` in checkpoints)."""
+
+    def __init__(self, cfg: SmolVLAConfig, backbone: BackboneConfig) -> None:
+        super().__init__()
+        n_vlm, n_exp = cfg.num_vlm_layers, cfg.n_expert_layers
+        if n_vlm > backbone.text.num_hidden_layers:
+            raise ValueError(
+                f"num_vlm_layers: got {n_vlm}, but the backbone {cfg.vlm_model_name!r} has only "
+                f"{backbone.text.num_hidden_layers} text layers"
+            )
+        self.vlm = SmolVLM(backbone, n_vlm)
+        # Expert layer j sits on VLM layer j * (n_vlm // n_exp); its kind (self- or cross-attention) is
+        # decided by that VLM layer. (LeRobot 0.6.1 decides by j when building and by the VLM index when
+        # running, which breaks num_expert_layers < num_vlm_layers; with equal counts both agree.)
+        stride = n_vlm // n_exp
+        self.expert_at: list[int | None] = [i // stride if i % stride == 0 else None for i in range(n_vlm)]
+        self.kinds = [self._kind(cfg, i) for i in range(n_vlm)]
+        self.lm_expert = Expert(cfg, backbone, [self.kinds[j * stride] for j in range(n_exp)])
+        # The last VLM layer an expert layer reads from: later layers, and that layer's own attention
+        # output and MLP, never influence the actions, so the prefix pass stops there.
+        self.last_used = max(i for i, j in enumerate(self.expert_at) if j is not None)
+
+    @staticmethod
+    def _kind(cfg: SmolVLAConfig, i: int) -> str:
+        n = cfg.self_attn_every_n_layers
+        if not cfg.cross_attention or (n > 0 and i % n == 0):
+            return "sa"
+        return "ca"
+
+    def expert_layer(self, i: int) -> DecoderLayer | None:
+        j = self.expert_at[i]
+        return None if j is None else self.lm_expert.layers[j]
+
+    def forward(self, prefix: torch.Tensor, suffix: torch.Tensor, mask: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        """Training pass, no cache. prefix (B, P, D), suffix (B, S, E), mask (B, P+S, P+S),
+        positions (B, P+S) -> expert output (B, S, E) after the final norm."""
+        p = prefix.shape[1]
+        pre_mask, pre_pos = mask[:, :p, :p], positions[:, :p]
+        suf_pos_ca = positions[:, p:] - positions[:, p:].min(dim=1, keepdim=True).values
+        for i in range(self.last_used + 1):
+            vlm = self.vlm.model.text_model.layers[i]
+            exp = self.expert_layer(i)
+            q, k, v = vlm.qkv(prefix)
+            if exp is not None and self.kinds[i] == "sa":
+                qs, ks, vs = exp.qkv(suffix)
+                q = apply_rope(torch.cat([q, qs.to(q.dtype)], 1), positions)
+                k = apply_rope(torch.cat([k, ks.to(k.dtype)], 1), positions)
+                att = attention(q, k, torch.cat([v, vs.to(v.dtype)], 1), mask)  # (B, P+S, H*Dh)
+                suffix = exp.finish(suffix, att[:, p:])
+                if i < self.last_used:
+                    prefix = vlm.finish(prefix, att[:, :p])
+                continue
+            q, k = apply_rope(q, pre_pos), apply_rope(k, pre_pos)
+            if exp is not None:  # cross-attention: expert queries over the VLM's rotated k/v
+                ck, cv = exp.project_kv(k, v)
+                qs = apply_rope(exp.query(suffix), suf_pos_ca)
+                suffix = exp.finish(suffix, attention(qs, ck, cv, mask[:, p:, :p]))
+            if i < self.last_used:
+                prefix = vlm.finish(prefix, attention(q, k, v, pre_mask))
+        return self.lm_expert.norm(suffix)
+
+    @torch.no_grad()
+    def prefill(self, prefix: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list:
+        """Runs the prefix alone (every layer as self-attention) and returns, per VLM layer, the
+        keys/values the expert reads: for self-attention layers the VLM's rotated k and v
+        (B, P, KV, Dh); for cross-attention layers those already projected by the expert, so that the
+        denoising loop does not redo it at every step. None where no expert layer sits."""
+        cache: list = []
+        for i in range(self.last_used + 1):
+            vlm = self.vlm.model.text_model.layers[i]
+            exp = self.expert_layer(i)
+            q, k, v = vlm.qkv(prefix)
+            q, k = apply_rope(q, positions), apply_rope(k, positions)
+            if exp is None:
+                cache.append(None)
+            elif self.kinds[i] == "sa":
+                cache.append((k, v))
+            else:
+                cache.append(exp.project_kv(k, v))
+            if i < self.last_used:
+                prefix = vlm.finish(prefix, attention(q, k, v, mask))
+        return cache
+
+    def denoise(self, suffix: torch.Tensor, cache: list, prefix_pad: torch.Tensor,
+                suffix_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Suffix pass against the cached prefix. suffix (B, S, E), prefix_pad (B, P) bool,
+        suffix_mask (B, S, S), positions (B, S) -> expert output (B, S, E)."""
+        s = suffix.shape[1]
+        cross_mask = prefix_pad[:, None, :].expand(-1, s, -1)  # (B, S, P)
+        joint_mask = torch.cat([cross_mask, suffix_mask], dim=2)  # (B, S, P+S)
+        ca_pos = positions - positions.min(dim=1, keepdim=True).values
+        for i, kv in enumerate(cache):
+            exp = self.expert_layer(i)
+            if exp is None:
+                continue
+            if self.kinds[i] == "sa":
+                qs, ks, vs = exp.qkv(suffix)
+                qs, ks = apply_rope(qs, positions), apply_rope(ks, positions)
+                k, v = torch.cat([kv[0], ks.to(kv[0].dtype)], 1), torch.cat([kv[1], vs.to(kv[1].dtype)], 1)
+                att = attention(qs.to(k.dtype), k, v, joint_mask)
+            else:
+                qs = apply_rope(exp.query(suffix), ca_pos)
+                att = attention(qs.to(kv[0].dtype), kv[0], kv[1], cross_mask)
+            suffix = exp.finish(suffix, att)
+        return self.lm_expert.norm(suffix)
+
+
+@dataclass
+class Prefix:
+    embs: torch.Tensor  # (B, P, D)
+    pad: torch.Tensor  # (B, P) bool: real tokens
+    ar: torch.Tensor  # (B, P) int: autoregressive marks (0 image/language, 1 state)
+
+
+class VLAFlowMatching(nn.Module):
+    """SmolVLA's network (`model` in checkpoints). Inputs are already normalized and padded."""
+
+    def __init__(self, cfg: SmolVLAConfig, backbone: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg, self.backbone = cfg, backbone
+        self.vlm_with_expert = VLMWithExpert(cfg, backbone)
+        d, e = backbone.text.hidden_size, self.vlm_with_expert.lm_expert.width
+        self.state_proj = nn.Linear(cfg.max_state_dim, d)
+        self.action_in_proj = nn.Linear(cfg.max_action_dim, e)
+        self.action_out_proj = nn.Linear(e, cfg.max_action_dim)
+        self.action_time_mlp_in = nn.Linear(2 * e, e)
+        self.action_time_mlp_out = nn.Linear(e, e)
+        # Token ids of the optional image delimiters (set from the tokenizer by the policy).
+        self.image_start_ids: list[int] = []
+        self.image_end_ids: list[int] = []
+
+    # -- token streams -------------------------------------------------------------------------------
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.vlm_with_expert.vlm.model.text_model.embed_tokens(ids)
+
+    def embed_prefix(self, images: list[torch.Tensor], img_masks: list[torch.Tensor], tokens: torch.Tensor,
+                     token_mask: torch.Tensor, state: torch.Tensor) -> Prefix:
+        """images: per camera (B, 3, H, W) in [-1, 1]; img_masks: per camera (B,) bool;
+        tokens, token_mask (B, L); state (B, max_state_dim)."""
+        b = state.shape[0]
+        embs, pads, ars = [], [], []
+
+        def add(x: torch.Tensor, pad: torch.Tensor, ar: int) -> None:
+            embs.append(x)
+            pads.append(pad)
+            ars.append(torch.full(pad.shape, ar, dtype=torch.long, device=pad.device))
+
+        def add_ids(ids: list[int]) -> None:
+            if ids:
+                x = self.embed_tokens(torch.tensor(ids, device=state.device))[None].expand(b, -1, -1)
+                add(x, torch.ones(b, len(ids), dtype=torch.bool, device=state.device), 0)
+
+        # Cameras of one size run through the vision tower together (the same math as one by one).
+        img_embs = self._embed_images(images)
+        for emb, m in zip(img_embs, img_masks, strict=True):
+            add_ids(self.image_start_ids)
+            # The scale is a tensor in the embedding dtype (31.0 in bf16), as LeRobot computes it.
+            emb = emb * torch.tensor(emb.shape[-1] ** 0.5, dtype=emb.dtype, device=emb.device)
+            add(emb, m[:, None].expand(b, emb.shape[1]), 0)
+            add_ids(self.image_end_ids)
+        lang = self.embed_tokens(tokens)
+        add(lang * math.sqrt(lang.shape[-1]), token_mask.bool(), 0)
+        st = self.state_proj(state.to(self.state_proj.weight.dtype))  # (B, D), not scaled
+        add(st[:, None], torch.ones(b, 1, dtype=torch.bool, device=state.device), 1)
+        # Mixed dtypes (bf16 backbone, fp32 state_proj) promote, as torch.cat does in LeRobot.
+        dtype = functools.reduce(torch.promote_types, (x.dtype for x in embs))
+        prefix = Prefix(torch.cat([x.to(dtype) for x in embs], 1), torch.cat(pads, 1), torch.cat(ars, 1))
+        n = prefix.embs.shape[1]
+        if self.cfg.prefix_length > n:
+            extra = self.cfg.prefix_length - n
+            prefix = Prefix(F.pad(prefix.embs, (0, 0, 0, extra)), F.pad(prefix.pad, (0, extra)),
+                            F.pad(prefix.ar, (0, extra)))
+        return prefix
+
+    def _embed_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        vlm = self.vlm_with_expert.vlm
+        out: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(img.shape[1:]), []).append(i)
+        for idx in groups.values():
+            emb = vlm.embed_image(torch.cat([images[i] for i in idx], 0))  # (n*B, T, D)
+            for i, e in zip(idx, emb.chunk(len(idx)), strict=True):
+                out[i] = e
+        return out  # type: ignore[return-value]
+
+    def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t (B, S, max_action_dim), t (B,) -> action tokens (B, S, E)."""
+        a = self.action_in_proj(x_t)
+        te = sinusoidal_time_embedding(t, a.shape[-1], self.cfg.min_period, self.cfg.max_period).to(a.dtype)
+        h = torch.cat([a, te[:, None].expand_as(a)], dim=2)  # action first, then time
+        h = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(h)))
+        return h.to(self._expert_dtype)
+
+    @property
+    def _expert_dtype(self) -> torch.dtype:
+        return self.vlm_with_expert.lm_expert.norm.weight.dtype
+
+    def _velocity(self, out: torch.Tensor) -> torch.Tensor:
+        w = self.action_out_proj.weight
+        return self.action_out_proj(out[:, -self.cfg.chunk_size:].to(torch.float32).to(w.dtype)).float()
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def forward(self, images: list[torch.Tensor], img_masks: list[torch.Tensor], tokens: torch.Tensor,
+                token_mask: torch.Tensor, state: torch.Tensor, actions: torch.Tensor,
+                noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-element flow-matching loss (B, S, max_action_dim). actions are normalized and padded."""
+        if noise is None:
+            noise = torch.randn_like(actions, dtype=torch.float32)
+        if time is None:
+            time = sample_time(actions.shape[0], actions.device)
+        t = time[:, None, None]
+        x_t = t * noise + (1 - t) * actions
+        u_t = noise - actions
+        prefix = self.embed_prefix(images, img_masks, tokens, token_mask, state)
+        suffix = self.embed_suffix(x_t, time)
+        b, s = suffix.shape[:2]
+        pad = torch.cat([prefix.pad, torch.ones(b, s, dtype=torch.bool, device=suffix.device)], 1)
+        ar = torch.cat([prefix.ar, torch.ones(b, s, dtype=torch.long, device=suffix.device)], 1)
+        mask = make_att_2d_masks(pad, ar)
+        positions = torch.cumsum(pad, dim=1) - 1
+        out = self.vlm_with_expert(prefix.embs, suffix, mask, positions)
+        v_t = self._velocity(out)
+        return F.mse_loss(u_t, v_t, reduction="none")
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_actions(self, images: list[torch.Tensor], img_masks: list[torch.Tensor], tokens: torch.Tensor,
+                       token_mask: torch.Tensor, state: torch.Tensor, noise: torch.Tensor | None = None,
+                       num_steps: int | None = None) -> torch.Tensor:
+        """Euler integration of the learned velocity from t=1 to t=0. -> (B, S, max_action_dim)."""
+        b = state.shape[0]
+        shape = (b, self.cfg.chunk_size, self.cfg.max_action_dim)
+        x = torch.randn(shape, device=state.device) if noise is None else noise.to(torch.float32).clone()
+        prefix = self.embed_prefix(images, img_masks, tokens, token_mask, state)
+        cache = self.vlm_with_expert.prefill(prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar),
+                                             torch.cumsum(prefix.pad, dim=1) - 1)
+        s = self.cfg.chunk_size
+        suffix_mask = make_att_2d_masks(torch.ones(b, s, dtype=torch.bool, device=x.device),
+                                        torch.ones(b, s, dtype=torch.long, device=x.device))
+        positions = prefix.pad.sum(dim=1, keepdim=True) + torch.arange(s, device=x.device)[None]
+        n = num_steps or self.cfg.num_steps
+        dt = -1.0 / n
+        for step in range(n):
+            t = torch.full((b,), 1.0 + step * dt, dtype=torch.float32, device=x.device)
+            v = self.velocity(x, t, cache, prefix.pad, suffix_mask, positions)
+            x = x + dt * v
+        return x
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cache: list, prefix_pad: torch.Tensor,
+                 suffix_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One denoising step's velocity v(x_t, t) against a prefilled prefix. -> (B, S, max_action_dim)."""
+        out = self.vlm_with_expert.denoise(self.embed_suffix(x, t), cache, prefix_pad, suffix_mask, positions)
+        return self._velocity(out)
+
+
+def sample_time(batch: int, device: torch.device | str) -> torch.Tensor:
+    """t = 0.999 * Beta(1.5, 1) + 0.001, drawn on the CPU (as LeRobot, so seeds give the same draws)."""
+    beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
+    return (beta.sample((batch,)) * 0.999 + 0.001).to(device=device, dtype=torch.float32)

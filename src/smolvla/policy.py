@@ -1,0 +1,325 @@
+"""`SmolVLAPolicy`: LeRobot's policy API (batch in, loss or actions out) over our network.
+
+The batch is what LeRobot's preprocessor produces: normalized state, tokenized language, images as
+float [B, 3, H, W] in [0, 1]. `smolvla.processing.make_pre_post_processors` builds that from raw
+observations. Every input is validated here, with the field named in the error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smolvla.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    VLM_DIR,
+    CheckpointError,
+    backbone_weight_files,
+    load_state,
+    read_safetensors,
+    resolve_backbone,
+    save_state,
+)
+from smolvla.config import KNOWN_BACKBONES, BackboneConfig, SmolVLAConfig
+from smolvla.hub import resolve_dir
+from smolvla.model.vla import VLAFlowMatching
+from smolvla.processing.images import resize_with_pad
+
+OBS_STATE = "observation.state"
+OBS_TOKENS = "observation.language.tokens"
+OBS_TOKEN_MASK = "observation.language.attention_mask"
+ACTION = "action"
+ACTION_IS_PAD = "action_is_pad"
+
+
+class BatchError(ValueError):
+    """A batch field is missing or not what the policy expects."""
+
+
+class SmolVLAPolicy(nn.Module):
+    name = "smolvla"
+
+    def __init__(self, config: SmolVLAConfig, backbone: BackboneConfig | None = None,
+                 backbone_dir: Path | None = None) -> None:
+        super().__init__()
+        if backbone is None:
+            backbone, backbone_dir = resolve_backbone(config)
+        if config.action_feature is None:
+            raise BatchError("output_features: no 'action' feature; the policy needs one to know the action width")
+        self.config = config
+        self.backbone = backbone
+        self.backbone_dir = backbone_dir
+        self.model = VLAFlowMatching(config, backbone)
+        if config.add_image_special_tokens:
+            self.model.image_start_ids = [backbone.fake_image_token_id, backbone.global_image_token_id]
+            self.model.image_end_ids = [backbone.fake_image_token_id]
+        self._file_dtypes: dict[str, torch.dtype] = {}
+        self.pretrained_path: Path | None = None
+        self.reset()
+        self._set_requires_grad()
+
+    # -- construction and files ----------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: SmolVLAConfig) -> SmolVLAPolicy:
+        """A new policy: random weights, or SmolVLM2's when `config.load_vlm_weights` is true."""
+        backbone, folder = resolve_backbone(config)
+        policy = cls(config, backbone, folder)
+        if config.load_vlm_weights:
+            policy.load_vlm_weights()
+        return policy
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | Path, *, device: str | torch.device | None = None,
+                        **overrides: Any) -> SmolVLAPolicy:
+        """Loads a checkpoint folder (ours or LeRobot's) or a hub repo id; `overrides` set config fields."""
+        folder = resolve_dir(str(path_or_repo_id), allow_patterns=["*.json", "*.safetensors", "vlm/*", "tokenizer/*"])
+        config = SmolVLAConfig.load(folder / CONFIG_FILE)
+        if overrides:
+            config = config.override(**overrides)
+        backbone, backbone_dir = resolve_backbone(config, folder)
+        policy = cls(config, backbone, backbone_dir)
+        # The checkpoint holds the backbone weights too, so SmolVLM2's are never downloaded here.
+        policy._file_dtypes = load_state(policy, read_safetensors(folder / MODEL_FILE), str(folder / MODEL_FILE))
+        policy.pretrained_path = folder
+        if device is not None:
+            policy.to(device)
+        return policy.eval()
+
+    def save_pretrained(self, save_dir: str | Path) -> None:
+        """Writes `config.json` and `model.safetensors` in LeRobot's layout. Tensors keep the dtypes of
+        the file they were loaded from, so a loaded checkpoint saves back bit-identically. A backbone
+        that is not known by name is written beside them (`vlm/config.json`, tokenizer files) and
+        referenced as `vlm`, so the folder is self-contained."""
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        if config.vlm_model_name not in KNOWN_BACKBONES:
+            vlm_dir = save_dir / VLM_DIR
+            vlm_dir.mkdir(exist_ok=True)
+            (vlm_dir / CONFIG_FILE).write_text(json.dumps(self.backbone.to_hf_dict(), indent=2) + "\n")
+            if self.backbone_dir is not None and self.backbone_dir.resolve() != vlm_dir.resolve():
+                for f in self.backbone_dir.glob("*.json"):
+                    if f.name != CONFIG_FILE and (f.name.startswith("tokenizer") or "processor" in f.name):
+                        (vlm_dir / f.name).write_bytes(f.read_bytes())
+            config = config.override(vlm_model_name=VLM_DIR)
+        config.save(save_dir / CONFIG_FILE)
+        save_state(self, save_dir / MODEL_FILE, self._file_dtypes)
+
+    def load_vlm_weights(self) -> None:
+        """Loads SmolVLM2's own weights (vision tower, connector, embeddings, first N text layers)."""
+        name = self.config.vlm_model_name
+        folder = self.backbone_dir or resolve_dir(name, allow_patterns=["*.json", "*.safetensors"], what="backbone weights")
+        tensors: dict[str, torch.Tensor] = {}
+        for f in backbone_weight_files(folder):
+            tensors.update(read_safetensors(f))
+        n = self.config.num_vlm_layers
+        dropped = re.compile(r"model\.text_model\.layers\.(\d+)\.")
+        kept = {k: v for k, v in tensors.items() if not ((m := dropped.match(k)) and int(m.group(1)) >= n)}
+        load_state(self.model.vlm_with_expert.vlm, kept, f"backbone weights in {folder}")
+
+    # -- precision -----------------------------------------------------------------------------------
+
+    def set_precision(self, dtype: torch.dtype) -> SmolVLAPolicy:
+        """Runs the backbone and expert in `dtype` (e.g. bf16); the five small projections stay fp32,
+        as in LeRobot's checkpoints. Saving still writes each tensor in its file dtype."""
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
+        self.model.vlm_with_expert.to(dtype)
+        return self
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def _set_requires_grad(self) -> None:
+        cfg, vwe = self.config, self.model.vlm_with_expert
+        vlm = vwe.vlm
+        if cfg.freeze_vision_encoder:
+            vlm.model.vision_model.requires_grad_(False)
+        if cfg.train_expert_only:
+            vlm.requires_grad_(False)
+        # Parameters that never influence the actions get no gradient; freezing them keeps DDP from
+        # waiting for them: lm_head, the final norm, layers after the last one an expert reads, and that
+        # layer's query, output projection and MLP (only its keys and values are read).
+        vlm.lm_head.requires_grad_(False)
+        vlm.model.text_model.norm.requires_grad_(False)
+        layers = vlm.model.text_model.layers
+        for layer in layers[vwe.last_used + 1:]:
+            layer.requires_grad_(False)
+        last = layers[vwe.last_used]
+        for m in (last.self_attn.q_proj, last.self_attn.o_proj, last.mlp, last.post_attention_layernorm):
+            m.requires_grad_(False)
+        self.model.state_proj.requires_grad_(cfg.train_state_proj)
+
+    def train(self, mode: bool = True) -> SmolVLAPolicy:
+        super().train(mode)
+        # Frozen parts stay in eval mode (no dropout exists, but a user's hooks may look at it).
+        if self.config.train_expert_only:
+            self.model.vlm_with_expert.vlm.eval()
+        elif self.config.freeze_vision_encoder:
+            self.model.vlm_with_expert.vlm.model.vision_model.eval()
+        return self
+
+    def forward(self, batch: dict[str, Any], noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+                reduction: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Flow-matching loss, averaged over in-episode steps x real action dims.
+
+        Returns (loss, info); info holds detached tensors (no device sync here): the losses before
+        and after masking, and `per_sample` (B,). reduction "none" returns the per-sample loss.
+        """
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction: got {reduction!r}, expected 'mean' or 'none'")
+        images, img_masks, tokens, token_mask, state = self._prepare_inputs(batch)
+        actions = self._check_actions(batch, state.shape[0])
+        a = actions.shape[-1]
+        is_pad = batch.get(ACTION_IS_PAD)
+        if is_pad is None:
+            is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
+        elif tuple(is_pad.shape) != tuple(actions.shape[:2]) or is_pad.dtype != torch.bool:
+            raise BatchError(f"{ACTION_IS_PAD}: got {tuple(is_pad.shape)} {is_pad.dtype}, "
+                             f"expected bool of shape {tuple(actions.shape[:2])}")
+        losses = self.model(images, img_masks, tokens, token_mask, state, self._pad(actions, self.config.max_action_dim),
+                            noise=self._check_noise(noise, actions.shape[0]), time=time)  # (B, S, max_action_dim)
+        kept = losses[:, :, :a] * (~is_pad)[:, :, None]  # real action dims, in-episode steps
+        count = ((~is_pad).sum(dim=1) * a).clamp(min=1)  # (B,)
+        per_sample = kept.sum(dim=(1, 2)) / count
+        loss = kept.sum() / count.sum().clamp(min=1)
+        info = {
+            "loss": loss.detach(),
+            "losses_after_forward": losses.detach()[:, :, :a].mean(),
+            "losses_after_in_ep_bound": kept.detach().mean(),
+            "per_sample": per_sample.detach(),
+        }
+        return (per_sample if reduction == "none" else loss), info
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empties the action queue: call at the start of each episode."""
+        self._queue: deque[torch.Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Any], noise: torch.Tensor | None = None,
+                             num_steps: int | None = None) -> torch.Tensor:
+        """A chunk of normalized actions (B, chunk_size, action_dim)."""
+        images, img_masks, tokens, token_mask, state = self._prepare_inputs(batch)
+        x = self.model.sample_actions(images, img_masks, tokens, token_mask, state,
+                                      noise=self._check_noise(noise, state.shape[0]), num_steps=num_steps)
+        return x[:, :, : self.config.action_feature.shape[0]]
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Any], noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One normalized action (B, action_dim); a new chunk is computed every n_action_steps calls."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(batch, noise)
+            self._queue.extend(chunk.transpose(0, 1)[: self.config.n_action_steps])
+        return self._queue.popleft()
+
+    # -- batch preparation (validated) ---------------------------------------------------------------
+
+    def _prepare_inputs(self, batch: dict[str, Any]) -> tuple:
+        if not isinstance(batch, dict):
+            raise BatchError(f"batch: got {type(batch).__name__}, expected a dict of tensors")
+        state = self._prepare_state(batch)
+        b = state.shape[0]
+        images, img_masks = self._prepare_images(batch, b)
+        tokens, token_mask = self._prepare_language(batch, b)
+        return images, img_masks, tokens, token_mask, state
+
+    def _prepare_images(self, batch: dict[str, Any], b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        cfg = self.config
+        cams = list(cfg.image_features)
+        present = [k for k in cams if k in batch]
+        missing = [k for k in cams if k not in batch]
+        if not present or len(missing) > cfg.empty_cameras:
+            raise BatchError(
+                f"missing camera(s) {missing}: the policy was configured with {cams} and empty_cameras="
+                f"{cfg.empty_cameras}; provide them (or rename your keys onto them with a rename_map)"
+            )
+        images, masks = [], []
+        for key in present:
+            img = batch[key]
+            if not isinstance(img, torch.Tensor):
+                raise BatchError(f"{key}: got {type(img).__name__}, expected a torch.Tensor [B, 3, H, W]")
+            if img.ndim == 5:  # (B, T, C, H, W): the latest step
+                img = img[:, -1]
+            if img.ndim != 4 or img.shape[1] != 3 or img.shape[0] != b:
+                raise BatchError(f"{key}: got shape {tuple(img.shape)}, expected [{b}, 3, H, W] (batch of {b})")
+            if not img.is_floating_point():
+                raise BatchError(f"{key}: got dtype {img.dtype}, expected float in [0, 1] (divide uint8 images by 255)")
+            lo, hi = float(img.min()), float(img.max())
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                hint = " (looks like 0-255 values: divide by 255)" if hi > 2 else ""
+                raise BatchError(f"{key}: values in [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
+            if cfg.resize_imgs_with_padding is not None:
+                img = resize_with_pad(img, *cfg.resize_imgs_with_padding, pad_value=0)
+            images.append(img * 2.0 - 1.0)  # SigLIP's [-1, 1]; black padding becomes -1
+            m = batch.get(f"{key}_padding_mask")
+            masks.append(torch.ones(b, dtype=torch.bool, device=img.device) if m is None else m.bool().reshape(b))
+        for _ in missing:  # placeholder cameras: all -1, masked out of attention
+            images.append(torch.full_like(images[-1], -1.0))
+            masks.append(torch.zeros(b, dtype=torch.bool, device=images[-1].device))
+        return images, masks
+
+    def _prepare_state(self, batch: dict[str, Any]) -> torch.Tensor:
+        state = batch.get(OBS_STATE)
+        if state is None:
+            raise BatchError(f"{OBS_STATE}: missing from the batch (keys: {sorted(batch)})")
+        if not isinstance(state, torch.Tensor) or not state.is_floating_point():
+            raise BatchError(f"{OBS_STATE}: got {getattr(state, 'dtype', type(state).__name__)}, expected a float tensor [B, D]")
+        if state.ndim == 3 and state.shape[1] == 1:
+            state = state[:, 0]
+        if state.ndim != 2:
+            raise BatchError(f"{OBS_STATE}: got shape {tuple(state.shape)}, expected [B, D]")
+        want = self.config.state_feature.shape[0] if self.config.state_feature else None
+        if state.shape[1] > self.config.max_state_dim or (want is not None and state.shape[1] != want):
+            raise BatchError(f"{OBS_STATE}: width {state.shape[1]}, expected {want or f'<= {self.config.max_state_dim}'}"
+                             f" (config input_features / max_state_dim={self.config.max_state_dim})")
+        if not torch.isfinite(state).all():
+            raise BatchError(f"{OBS_STATE}: contains NaN or inf")
+        return self._pad(state.float(), self.config.max_state_dim)
+
+    def _prepare_language(self, batch: dict[str, Any], b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for key in (OBS_TOKENS, OBS_TOKEN_MASK):
+            if key not in batch:
+                raise BatchError(f"{key}: missing from the batch; tokenize the task with the preprocessor "
+                                 "(smolvla.processing.make_pre_post_processors)")
+        tokens, mask = batch[OBS_TOKENS], batch[OBS_TOKEN_MASK]
+        if tokens.ndim != 2 or tokens.shape[0] != b or tokens.dtype not in (torch.int64, torch.int32):
+            raise BatchError(f"{OBS_TOKENS}: got {tuple(tokens.shape)} {tokens.dtype}, expected int64 [{b}, L]")
+        if tuple(mask.shape) != tuple(tokens.shape):
+            raise BatchError(f"{OBS_TOKEN_MASK}: got shape {tuple(mask.shape)}, expected {tuple(tokens.shape)}")
+        vocab = self.backbone.text.vocab_size
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+            raise BatchError(f"{OBS_TOKENS}: ids in [{int(tokens.min())}, {int(tokens.max())}], expected [0, {vocab}) "
+                             "(the tokenizer does not match the backbone's vocabulary)")
+        return tokens.long(), mask.bool()
+
+    def _check_actions(self, batch: dict[str, Any], b: int) -> torch.Tensor:
+        actions = batch.get(ACTION)
+        a = self.config.action_feature.shape[0]
+        want = (b, self.config.chunk_size, a)
+        if actions is None:
+            raise BatchError(f"{ACTION}: missing from the batch (training needs the action chunk {list(want)})")
+        if not isinstance(actions, torch.Tensor) or tuple(actions.shape) != want or not actions.is_floating_point():
+            raise BatchError(f"{ACTION}: got {tuple(getattr(actions, 'shape', ()))} {getattr(actions, 'dtype', '')}, "
+                             f"expected float {list(want)} (batch, chunk_size, action dim)")
+        if not torch.isfinite(actions).all():
+            raise BatchError(f"{ACTION}: contains NaN or inf")
+        return actions.float()
+
+    def _check_noise(self, noise: torch.Tensor | None, b: int) -> torch.Tensor | None:
+        want = (b, self.config.chunk_size, self.config.max_action_dim)
+        if noise is not None and tuple(noise.shape) != want:
+            raise BatchError(f"noise: got shape {tuple(noise.shape)}, expected {want}")
+        return noise
+
+    @staticmethod
+    def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[-1]))
