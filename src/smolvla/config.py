@@ -520,7 +520,7 @@ def _coerce_field(name: str, v: Any, source: str) -> Any:
     if ftype.startswith("float"):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise bad("a finite number")
-        return float(v)
+        return v  # kept as written: LeRobot writes grad_clip_norm as 10, max_period as 4.0
     if ftype.startswith("str"):
         if not isinstance(v, str):
             raise bad("a string")

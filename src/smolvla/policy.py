@@ -58,6 +58,12 @@ class SmolVLAPolicy(nn.Module):
         self.backbone_dir = backbone_dir
         self.model = VLAFlowMatching(config, backbone)
         if config.add_image_special_tokens:
+            ids = (backbone.fake_image_token_id, backbone.global_image_token_id)
+            if max(ids) >= backbone.text.vocab_size:
+                raise BatchError(
+                    f"add_image_special_tokens: the image delimiter ids {ids} are outside the vocabulary "
+                    f"({backbone.text.vocab_size}); the backbone folder needs its tokenizer.json"
+                )
             self.model.image_start_ids = [backbone.fake_image_token_id, backbone.global_image_token_id]
             self.model.image_end_ids = [backbone.fake_image_token_id]
         self._file_dtypes: dict[str, torch.dtype] = {}

@@ -280,15 +280,18 @@ class VLAFlowMatching(nn.Module):
         x_t = t * noise + (1 - t) * actions
         u_t = noise - actions
         prefix = self.embed_prefix(images, img_masks, tokens, token_mask, state)
+        v_t = self.joint_velocity(prefix, x_t, time)
+        return F.mse_loss(u_t, v_t, reduction="none")
+
+    def joint_velocity(self, prefix: Prefix, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """v(x_t, t) from one joint pass over [prefix; suffix] (the training path, no cache)."""
         suffix = self.embed_suffix(x_t, time)
         b, s = suffix.shape[:2]
         pad = torch.cat([prefix.pad, torch.ones(b, s, dtype=torch.bool, device=suffix.device)], 1)
         ar = torch.cat([prefix.ar, torch.ones(b, s, dtype=torch.long, device=suffix.device)], 1)
-        mask = make_att_2d_masks(pad, ar)
-        positions = torch.cumsum(pad, dim=1) - 1
-        out = self.vlm_with_expert(prefix.embs, suffix, mask, positions)
-        v_t = self._velocity(out)
-        return F.mse_loss(u_t, v_t, reduction="none")
+        mask = make_att_2d_masks(pad, ar)  # image+language bidirectional, state after, actions causal
+        positions = torch.cumsum(pad, dim=1) - 1  # padding repeats the previous position
+        return self._velocity(self.vlm_with_expert(prefix.embs, suffix, mask, positions))
 
     # -- inference -----------------------------------------------------------------------------------
 

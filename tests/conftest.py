@@ -1,0 +1,60 @@
+"""Shared fixtures: the micro preset (a few thousand parameters) and a matching batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from smolvla.config import SmolVLAConfig, preset
+from smolvla.policy import SmolVLAPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """`../shared` beside the repo (CI clones it there); SMOLVLA_SHARED overrides."""
+    return Path(os.environ.get("SMOLVLA_SHARED", REPO.parent / "shared"))
+
+
+def require_shared(sub: str) -> Path:
+    path = shared_dir() / sub
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI must run with shared/ beside the repo")
+        pytest.skip(f"{path} not present (set SMOLVLA_SHARED)")
+    return path
+
+
+def make_batch(cfg: SmolVLAConfig, b: int = 2, seed: int = 0, with_actions: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    batch: dict = {}
+    for key, feat in cfg.image_features.items():
+        batch[key] = torch.rand(b, *feat.shape, generator=g)
+    batch["observation.state"] = torch.randn(b, cfg.state_feature.shape[0], generator=g)
+    tokens = torch.randint(3, 200, (b, 7), generator=g)
+    mask = torch.ones(b, 7, dtype=torch.bool)
+    if b > 1:  # the second sample is right-padded
+        tokens[1, 5:] = 2
+        mask[1, 5:] = False
+    batch["observation.language.tokens"] = tokens
+    batch["observation.language.attention_mask"] = mask
+    if with_actions:
+        batch["action"] = torch.randn(b, cfg.chunk_size, cfg.action_feature.shape[0], generator=g)
+        pad = torch.zeros(b, cfg.chunk_size, dtype=torch.bool)
+        pad[-1, -1:] = True
+        batch["action_is_pad"] = pad
+    return batch
+
+
+@pytest.fixture
+def micro_cfg() -> SmolVLAConfig:
+    return preset("micro")
+
+
+@pytest.fixture
+def micro_policy(micro_cfg: SmolVLAConfig) -> SmolVLAPolicy:
+    torch.manual_seed(0)
+    return SmolVLAPolicy.from_config(micro_cfg)

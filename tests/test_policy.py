@@ -1,0 +1,119 @@
+"""The policy API (LeRobot's names) and its input validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from smolvla.policy import BatchError, SmolVLAPolicy
+from tests.conftest import make_batch
+
+
+def test_select_action_queues_one_chunk(micro_policy, monkeypatch):
+    cfg = micro_policy.config
+    batch = make_batch(cfg)
+    calls = []
+    real = micro_policy.model.sample_actions
+    monkeypatch.setattr(micro_policy.model, "sample_actions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    noise = torch.randn(2, cfg.chunk_size, cfg.max_action_dim)
+    chunk = micro_policy.predict_action_chunk(batch, noise=noise)
+    micro_policy.reset()
+    actions = [micro_policy.select_action(batch, noise=noise) for _ in range(cfg.n_action_steps)]
+    assert len(calls) == 2  # one for predict_action_chunk, one for the whole queue
+    assert torch.equal(torch.stack(actions, 1), chunk[:, : cfg.n_action_steps])
+    micro_policy.select_action(batch)
+    assert len(calls) == 3
+    micro_policy.reset()
+    micro_policy.select_action(batch)
+    assert len(calls) == 4
+
+
+def test_n_action_steps_shorter_than_chunk(micro_cfg):
+    policy = SmolVLAPolicy.from_config(dataclasses.replace(micro_cfg, n_action_steps=2))
+    batch = make_batch(policy.config)
+    for _ in range(4):
+        a = policy.select_action(batch)
+    assert a.shape == (2, 2)
+
+
+def test_training_loss_is_finite_and_only_trainable_parts_get_gradients(micro_policy):
+    micro_policy.train()
+    loss, info = micro_policy(make_batch(micro_policy.config, with_actions=True))
+    loss.backward()
+    assert torch.isfinite(loss) and info["per_sample"].shape == (2,)
+    vision = micro_policy.model.vlm_with_expert.vlm.model.vision_model
+    assert all(p.grad is None for p in vision.parameters())  # frozen by default
+    assert all(p.grad is not None for p in micro_policy.model.vlm_with_expert.lm_expert.parameters())
+    assert micro_policy.model.state_proj.weight.grad is not None  # train_state_proj
+
+
+def test_reduction_none_gives_per_sample_losses(micro_policy):
+    batch = make_batch(micro_policy.config, with_actions=True)
+    noise = torch.randn(2, micro_policy.config.chunk_size, micro_policy.config.max_action_dim)
+    t = torch.tensor([0.2, 0.7])
+    mean, _ = micro_policy(batch, noise=noise, time=t)
+    per, _ = micro_policy(batch, noise=noise, time=t, reduction="none")
+    assert per.shape == (2,)
+    steps = (~batch["action_is_pad"]).sum(1).float()
+    assert torch.isclose(mean, (per * steps).sum() / steps.sum())
+
+
+def test_empty_cameras_fill_missing_ones(micro_cfg):
+    policy = SmolVLAPolicy.from_config(dataclasses.replace(micro_cfg, empty_cameras=1))
+    batch = make_batch(policy.config)
+    del batch["observation.images.camera2"]
+    images, masks, *_ = policy._prepare_inputs(batch)
+    assert len(images) == 2 and bool((images[1] == -1).all()) and not masks[1].any()
+    assert policy.predict_action_chunk(batch).shape == (2, 4, 2)
+
+
+def _bad(batch, key, value):
+    batch = dict(batch)
+    if value is None:
+        del batch[key]
+    else:
+        batch[key] = value
+    return batch
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("observation.images.camera2", None, r"missing camera\(s\) \['observation.images.camera2'\]"),
+        ("observation.state", None, "observation.state: missing"),
+        ("observation.state", torch.randn(2, 3, 3), r"observation.state: got shape \(2, 3, 3\)"),
+        ("observation.state", torch.randn(2, 5), "observation.state: width 5, expected 3"),
+        ("observation.state", torch.tensor([[1.0, float("nan"), 0.0]] * 2), "NaN"),
+        ("observation.images.camera1", torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8),
+         "expected float in \\[0, 1\\] \\(divide uint8"),
+        ("observation.images.camera1", torch.rand(2, 3, 16, 16) * 255, "looks like 0-255 values"),
+        ("observation.images.camera1", torch.rand(2, 16, 16), r"got shape \(2, 16, 16\), expected \[2, 3, H, W\]"),
+        ("observation.language.tokens", torch.full((2, 7), 999), r"ids in \[999, 999\], expected \[0, 320\)"),
+        ("observation.language.tokens", None, "observation.language.tokens: missing"),
+        ("observation.language.attention_mask", torch.ones(2, 3, dtype=torch.bool), "attention_mask: got shape"),
+    ],
+)
+def test_bad_inputs_name_the_field(micro_policy, key, value, match):
+    with pytest.raises(BatchError, match=match):
+        micro_policy.predict_action_chunk(_bad(make_batch(micro_policy.config), key, value))
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("action", None, "action: missing"),
+        ("action", torch.randn(2, 4, 5), r"action: got \(2, 4, 5\)"),
+        ("action", torch.full((2, 4, 2), float("inf")), "action: contains NaN or inf"),
+        ("action_is_pad", torch.zeros(2, 3, dtype=torch.bool), "action_is_pad: got"),
+    ],
+)
+def test_bad_training_inputs(micro_policy, key, value, match):
+    with pytest.raises(BatchError, match=match):
+        micro_policy(_bad(make_batch(micro_policy.config, with_actions=True), key, value))
+
+
+def test_wrong_noise_shape(micro_policy):
+    with pytest.raises(BatchError, match="noise: got shape"):
+        micro_policy.predict_action_chunk(make_batch(micro_policy.config), noise=torch.randn(2, 3, 3))
