@@ -56,8 +56,12 @@ def test_presets():
 
 
 def test_override_parses_command_line_strings():
-    cfg = preset("micro").override(n_action_steps="2", freeze_vision_encoder="false",
-                                   resize_imgs_with_padding="[32, 32]", optimizer_lr="3e-4")
+    cfg = preset("micro").override(
+        n_action_steps="2",
+        freeze_vision_encoder="false",
+        resize_imgs_with_padding="[32, 32]",
+        optimizer_lr="3e-4",
+    )
     assert cfg.n_action_steps == 2 and cfg.freeze_vision_encoder is False
     assert cfg.resize_imgs_with_padding == (32, 32) and cfg.optimizer_lr == 3e-4
 

@@ -49,8 +49,9 @@ def test_first_step_velocity(parity):
     model = policy.model
     images, masks, tokens, token_mask, state = policy._prepare_inputs(batch)
     prefix = model.embed_prefix(images, masks, tokens, token_mask, state)
-    cache = model.vlm_with_expert.prefill(prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar),
-                                          prefix.pad.cumsum(1) - 1)
+    cache = model.vlm_with_expert.prefill(
+        prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), prefix.pad.cumsum(1) - 1
+    )
     s, b = policy.config.chunk_size, state.shape[0]
     suffix_mask = make_att_2d_masks(torch.ones(b, s, dtype=torch.bool), torch.ones(b, s, dtype=torch.long))
     positions = prefix.pad.sum(1, keepdim=True) + torch.arange(s)[None]
@@ -77,8 +78,16 @@ def test_loss(parity):
         loss, info = policy(train, noise=ref["in.train_noise"], time=ref["in.train_time"])
         images, masks, tokens, token_mask, state = policy._prepare_inputs(batch)
         actions = torch.nn.functional.pad(ref["in.action"], (0, 32 - 6))
-        losses = policy.model(images, masks, tokens, token_mask, state, actions,
-                              noise=ref["in.train_noise"], time=ref["in.train_time"])
+        losses = policy.model(
+            images,
+            masks,
+            tokens,
+            token_mask,
+            state,
+            actions,
+            noise=ref["in.train_noise"],
+            time=ref["in.train_time"],
+        )
     finally:
         policy.eval()
     assert abs(loss.item() - ref["out.loss"].item()) <= 1e-5 * abs(ref["out.loss"].item())

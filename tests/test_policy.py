@@ -16,7 +16,9 @@ def test_select_action_queues_one_chunk(micro_policy, monkeypatch):
     batch = make_batch(cfg)
     calls = []
     real = micro_policy.model.sample_actions
-    monkeypatch.setattr(micro_policy.model, "sample_actions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        micro_policy.model, "sample_actions", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     noise = torch.randn(2, cfg.chunk_size, cfg.max_action_dim)
     chunk = micro_policy.predict_action_chunk(batch, noise=noise)
     micro_policy.reset()
@@ -86,13 +88,24 @@ def _bad(batch, key, value):
         ("observation.state", torch.randn(2, 3, 3), r"observation.state: got shape \(2, 3, 3\)"),
         ("observation.state", torch.randn(2, 5), "observation.state: width 5, expected 3"),
         ("observation.state", torch.tensor([[1.0, float("nan"), 0.0]] * 2), "NaN"),
-        ("observation.images.camera1", torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8),
-         "expected float in \\[0, 1\\] \\(divide uint8"),
+        (
+            "observation.images.camera1",
+            torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8),
+            "expected float in \\[0, 1\\] \\(divide uint8",
+        ),
         ("observation.images.camera1", torch.rand(2, 3, 16, 16) * 255, "looks like 0-255 values"),
-        ("observation.images.camera1", torch.rand(2, 16, 16), r"got shape \(2, 16, 16\), expected \[2, 3, H, W\]"),
+        (
+            "observation.images.camera1",
+            torch.rand(2, 16, 16),
+            r"got shape \(2, 16, 16\), expected \[2, 3, H, W\]",
+        ),
         ("observation.language.tokens", torch.full((2, 7), 999), r"ids in \[999, 999\], expected \[0, 320\)"),
         ("observation.language.tokens", None, "observation.language.tokens: missing"),
-        ("observation.language.attention_mask", torch.ones(2, 3, dtype=torch.bool), "attention_mask: got shape"),
+        (
+            "observation.language.attention_mask",
+            torch.ones(2, 3, dtype=torch.bool),
+            "attention_mask: got shape",
+        ),
     ],
 )
 def test_bad_inputs_name_the_field(micro_policy, key, value, match):

@@ -38,8 +38,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
 
 
-def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
-               ignore_prefixes: tuple[str, ...] = ()) -> dict[str, torch.dtype]:
+def load_state(
+    module: nn.Module, tensors: dict[str, torch.Tensor], source: str, ignore_prefixes: tuple[str, ...] = ()
+) -> dict[str, torch.dtype]:
     """Copies `tensors` into `module` (casting to each parameter's dtype). Every parameter must be
     given and every tensor must be used: a mismatch raises, listing missing and unexpected keys.
     Returns the dtype each tensor had in the file."""
@@ -48,13 +49,20 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     if missing or unexpected:
-        legacy = [k for k in unexpected if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))]
+        legacy = [
+            k
+            for k in unexpected
+            if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))
+        ]
         hint = ""
         if legacy:
-            hint = (" The unexpected keys include legacy normalization buffers: this checkpoint predates "
-                    "processor files; migrate it with LeRobot's processor/migrate_policy_normalization.py.")
+            hint = (
+                " The unexpected keys include legacy normalization buffers: this checkpoint predates "
+                "processor files; migrate it with LeRobot's processor/migrate_policy_normalization.py."
+            )
         raise CheckpointError(
-            f"{source}: state dict does not match the model ({len(missing)} missing, {len(unexpected)} unexpected)."
+            f"{source}: state dict does not match the model "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)."
             f"\n  missing: {_short(missing)}\n  unexpected: {_short(unexpected)}{hint}"
         )
     dtypes = {}
@@ -62,7 +70,9 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str,
         for k, p in params.items():
             t = tensors[k]
             if tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(f"{source}: {k} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
+                raise CheckpointError(
+                    f"{source}: {k} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}"
+                )
             if not t.is_floating_point() or not torch.isfinite(t).all():
                 raise CheckpointError(f"{source}: {k} is not a finite floating-point tensor")
             p.copy_(t)
@@ -83,13 +93,17 @@ def save_state(module: nn.Module, path: Path, dtypes: dict[str, torch.dtype] | N
     Written to a temporary name and renamed, so an interrupted save never leaves a truncated file.
     """
     dtypes = dtypes or {}
-    state = {k: v.detach().to("cpu", dtypes.get(k, v.dtype)).contiguous() for k, v in module.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtypes.get(k, v.dtype)).contiguous() for k, v in module.state_dict().items()
+    }
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(path)
 
 
-def resolve_backbone(cfg: SmolVLAConfig, checkpoint_dir: Path | None = None) -> tuple[BackboneConfig, Path | None]:
+def resolve_backbone(
+    cfg: SmolVLAConfig, checkpoint_dir: Path | None = None
+) -> tuple[BackboneConfig, Path | None]:
     """The backbone architecture named by `cfg.vlm_model_name`, and the folder holding its files
     (config.json, tokenizer.json, maybe weights), if any.
 
@@ -103,7 +117,9 @@ def resolve_backbone(cfg: SmolVLAConfig, checkpoint_dir: Path | None = None) -> 
     elif name in KNOWN_BACKBONES:
         return KNOWN_BACKBONES[name], None
     else:
-        folder = resolve_dir(name, relative_to=checkpoint_dir, allow_patterns=["*.json"], what="backbone (vlm_model_name)")
+        folder = resolve_dir(
+            name, relative_to=checkpoint_dir, allow_patterns=["*.json"], what="backbone (vlm_model_name)"
+        )
     path = folder / CONFIG_FILE
     try:
         raw = json.loads(path.read_text())
@@ -116,7 +132,9 @@ def resolve_backbone(cfg: SmolVLAConfig, checkpoint_dir: Path | None = None) -> 
     if tok.is_file():
         vocab = {t["content"]: t["id"] for t in json.loads(tok.read_text()).get("added_tokens", [])}
         backbone = BackboneConfig(
-            vision=backbone.vision, text=backbone.text, scale_factor=backbone.scale_factor,
+            vision=backbone.vision,
+            text=backbone.text,
+            scale_factor=backbone.scale_factor,
             image_token_id=backbone.image_token_id,
             global_image_token_id=vocab.get("<global-img>", backbone.global_image_token_id),
             fake_image_token_id=vocab.get("<fake_token_around_image>", backbone.fake_image_token_id),
@@ -133,4 +151,6 @@ def backbone_weight_files(folder: Path) -> list[Path]:
     single = folder / MODEL_FILE
     if single.is_file():
         return [single]
-    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json (backbone weights)")
+    raise CheckpointError(
+        f"{folder}: no model.safetensors or model.safetensors.index.json (backbone weights)"
+    )

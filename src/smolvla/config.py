@@ -16,6 +16,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+# Batch keys, as LeRobot names them.
+OBS_STATE = "observation.state"
+OBS_ENV_STATE = "observation.environment_state"
+OBS_IMAGE = "observation.image"
+OBS_IMAGES = "observation.images"
+OBS_TOKENS = "observation.language.tokens"
+OBS_TOKEN_MASK = "observation.language.attention_mask"
+ACTION = "action"
+ACTION_IS_PAD = "action_is_pad"
+TASK = "task"
+
 
 class ConfigError(ValueError):
     """A config value, or a config file, is not what SmolVLA accepts."""
@@ -137,7 +148,8 @@ class BackboneConfig:
         act_t, act_v = t.get("hidden_act", "silu"), v.get("hidden_act", "gelu_pytorch_tanh")
         if act_t != "silu" or act_v != "gelu_pytorch_tanh":
             raise ConfigError(
-                f"{source}: activations ({act_t!r}, {act_v!r}) are not SmolVLM's ('silu', 'gelu_pytorch_tanh')"
+                f"{source}: activations ({act_t!r}, {act_v!r}) are not SmolVLM's "
+                "('silu', 'gelu_pytorch_tanh')"
             )
         heads = pick(t, "text_config", "num_attention_heads")
         hidden = pick(t, "text_config", "hidden_size")
@@ -160,8 +172,12 @@ class BackboneConfig:
             patch_size=pick(v, "vision_config", "patch_size"),
             layer_norm_eps=pick(v, "vision_config", "layer_norm_eps", 1e-6),
         )
-        return cls(vision=vision, text=text, scale_factor=d.get("scale_factor", 2),
-                   image_token_id=d.get("image_token_id", 0))
+        return cls(
+            vision=vision,
+            text=text,
+            scale_factor=d.get("scale_factor", 2),
+            image_token_id=d.get("image_token_id", 0),
+        )
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A SmolVLM `config.json` that transformers (and so LeRobot) can build the backbone from."""
@@ -216,26 +232,58 @@ MICRO_BACKBONE = "smolvla/micro-backbone"
 KNOWN_BACKBONES: dict[str, BackboneConfig] = {
     SMOLVLM2_500M: BackboneConfig(),
     SMOLVLM2_256M: BackboneConfig(
-        text=TextConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                        num_attention_heads=9, num_key_value_heads=3, head_dim=64),
+        text=TextConfig(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            head_dim=64,
+        ),
     ),
     # Built-in small backbones for the CPU (random init; trained from scratch). Vocab 320 fits the
     # byte-level tokenizer that ships with the package.
     TINY_BACKBONE: BackboneConfig(
-        vision=VisionConfig(hidden_size=192, intermediate_size=384, num_hidden_layers=4,
-                            num_attention_heads=4, image_size=64, patch_size=8),
-        text=TextConfig(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=48, vocab_size=320),
+        vision=VisionConfig(
+            hidden_size=192,
+            intermediate_size=384,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+        ),
+        text=TextConfig(
+            hidden_size=192,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=48,
+            vocab_size=320,
+        ),
         scale_factor=2,
         image_token_id=261,
         global_image_token_id=259,
         fake_image_token_id=260,
     ),
     MICRO_BACKBONE: BackboneConfig(
-        vision=VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, image_size=16, patch_size=4),
-        text=TextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, head_dim=8, vocab_size=320),
+        vision=VisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        ),
+        text=TextConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            vocab_size=320,
+        ),
         scale_factor=2,
         image_token_id=261,
         global_image_token_id=259,
@@ -323,8 +371,16 @@ class SmolVLAConfig:
         def bad(name: str, expected: str) -> ConfigError:
             return ConfigError(f"{name}: got {getattr(self, name)!r}, expected {expected}")
 
-        for name in ("chunk_size", "n_action_steps", "max_state_dim", "max_action_dim", "num_steps",
-                     "tokenizer_max_length", "num_vlm_layers", "n_obs_steps"):
+        for name in (
+            "chunk_size",
+            "n_action_steps",
+            "max_state_dim",
+            "max_action_dim",
+            "num_steps",
+            "tokenizer_max_length",
+            "num_vlm_layers",
+            "n_obs_steps",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, "a positive integer")
@@ -363,7 +419,10 @@ class SmolVLAConfig:
                     f"normalization_mapping: unknown feature type {key!r}, expected one of "
                     f"{list(FeatureType.__members__)}"
                 )
-        for name, feats in (("input_features", self.input_features), ("output_features", self.output_features)):
+        for name, feats in (
+            ("input_features", self.input_features),
+            ("output_features", self.output_features),
+        ):
             for key, feat in feats.items():
                 if not isinstance(feat, PolicyFeature):
                     raise ConfigError(f"{name}.{key}: got {feat!r}, expected a PolicyFeature")
@@ -430,12 +489,16 @@ class SmolVLAConfig:
         d = dict(d)
         ptype = d.pop("type", "smolvla")
         if ptype != "smolvla":
-            raise ConfigError(f"{source}: type is {ptype!r}, expected 'smolvla' (this is another policy's checkpoint)")
+            raise ConfigError(
+                f"{source}: type is {ptype!r}, expected 'smolvla' (this is another policy's checkpoint)"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in d if k not in names]
         if unknown:
-            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, 1)) else k
-                     for k in unknown]
+            hints = [
+                f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, 1)) else k
+                for k in unknown
+            ]
             raise ConfigError(f"{source}: unknown SmolVLA config field(s): {', '.join(hints)}")
         kwargs: dict[str, Any] = {}
         for k, v in d.items():

@@ -55,7 +55,7 @@ def resolve_dir(
     allow_patterns: list[str] | None = None,
     what: str = "checkpoint",
 ) -> Path:
-    """A local folder for `name_or_path`: `relative_to/name`, else `name`, else a Hub snapshot (or its cache)."""
+    """A local folder for `name_or_path`: `relative_to/name`, else `name`, else a Hub snapshot (or cache)."""
     name = str(name_or_path)
     tried: list[Path] = []
     if relative_to is not None:
@@ -74,8 +74,8 @@ def resolve_dir(
         from huggingface_hub import snapshot_download
     except ImportError:
         raise HubError(
-            f"{what} {name!r} not found: no folder at {looked}, and huggingface_hub is not installed to fetch "
-            f"the Hub repo {name!r}. Run `pip install huggingface_hub` or pass a local folder."
+            f"{what} {name!r} not found: no folder at {looked}, and huggingface_hub is not installed to "
+            f"fetch the Hub repo {name!r}. Run `pip install huggingface_hub` or pass a local folder."
         ) from None
 
     cache = hf_cache_dir()
@@ -84,11 +84,15 @@ def resolve_dir(
     if not offline:
         try:
             endpoint = os.environ.get("HF_ENDPOINT") or None
-            return Path(snapshot_download(name, allow_patterns=allow_patterns, cache_dir=cache, endpoint=endpoint))
+            return Path(
+                snapshot_download(name, allow_patterns=allow_patterns, cache_dir=cache, endpoint=endpoint)
+            )
         except Exception as e:  # network down, repo missing, gated...: the cache may still have it
             problems.append(f"download failed ({_short(e)})")
     try:
-        return Path(snapshot_download(name, allow_patterns=allow_patterns, cache_dir=cache, local_files_only=True))
+        return Path(
+            snapshot_download(name, allow_patterns=allow_patterns, cache_dir=cache, local_files_only=True)
+        )
     except Exception as e:
         problems.append(f"not in the local cache ({_short(e)})")
     mode = "offline mode (HF_HUB_OFFLINE=1)" if offline else "online"

@@ -20,23 +20,25 @@ from smolvla.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
     VLM_DIR,
-    CheckpointError,
     backbone_weight_files,
     load_state,
     read_safetensors,
     resolve_backbone,
     save_state,
 )
-from smolvla.config import KNOWN_BACKBONES, BackboneConfig, SmolVLAConfig
+from smolvla.config import (
+    ACTION,
+    ACTION_IS_PAD,
+    KNOWN_BACKBONES,
+    OBS_STATE,
+    OBS_TOKEN_MASK,
+    OBS_TOKENS,
+    BackboneConfig,
+    SmolVLAConfig,
+)
 from smolvla.hub import resolve_dir
 from smolvla.model.vla import VLAFlowMatching
 from smolvla.processing.images import resize_with_pad
-
-OBS_STATE = "observation.state"
-OBS_TOKENS = "observation.language.tokens"
-OBS_TOKEN_MASK = "observation.language.attention_mask"
-ACTION = "action"
-ACTION_IS_PAD = "action_is_pad"
 
 
 class BatchError(ValueError):
@@ -46,13 +48,16 @@ class BatchError(ValueError):
 class SmolVLAPolicy(nn.Module):
     name = "smolvla"
 
-    def __init__(self, config: SmolVLAConfig, backbone: BackboneConfig | None = None,
-                 backbone_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: SmolVLAConfig, backbone: BackboneConfig | None = None, backbone_dir: Path | None = None
+    ) -> None:
         super().__init__()
         if backbone is None:
             backbone, backbone_dir = resolve_backbone(config)
         if config.action_feature is None:
-            raise BatchError("output_features: no 'action' feature; the policy needs one to know the action width")
+            raise BatchError(
+                "output_features: no 'action' feature; the policy needs one to know the action width"
+            )
         self.config = config
         self.backbone = backbone
         self.backbone_dir = backbone_dir
@@ -83,17 +88,22 @@ class SmolVLAPolicy(nn.Module):
         return policy
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, *, device: str | torch.device | None = None,
-                        **overrides: Any) -> SmolVLAPolicy:
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, *, device: str | torch.device | None = None, **overrides: Any
+    ) -> SmolVLAPolicy:
         """Loads a checkpoint folder (ours or LeRobot's) or a hub repo id; `overrides` set config fields."""
-        folder = resolve_dir(str(path_or_repo_id), allow_patterns=["*.json", "*.safetensors", "vlm/*", "tokenizer/*"])
+        folder = resolve_dir(
+            str(path_or_repo_id), allow_patterns=["*.json", "*.safetensors", "vlm/*", "tokenizer/*"]
+        )
         config = SmolVLAConfig.load(folder / CONFIG_FILE)
         if overrides:
             config = config.override(**overrides)
         backbone, backbone_dir = resolve_backbone(config, folder)
         policy = cls(config, backbone, backbone_dir)
         # The checkpoint holds the backbone weights too, so SmolVLM2's are never downloaded here.
-        policy._file_dtypes = load_state(policy, read_safetensors(folder / MODEL_FILE), str(folder / MODEL_FILE))
+        policy._file_dtypes = load_state(
+            policy, read_safetensors(folder / MODEL_FILE), str(folder / MODEL_FILE)
+        )
         policy.pretrained_path = folder
         if device is not None:
             policy.to(device)
@@ -122,7 +132,9 @@ class SmolVLAPolicy(nn.Module):
     def load_vlm_weights(self) -> None:
         """Loads SmolVLM2's own weights (vision tower, connector, embeddings, first N text layers)."""
         name = self.config.vlm_model_name
-        folder = self.backbone_dir or resolve_dir(name, allow_patterns=["*.json", "*.safetensors"], what="backbone weights")
+        folder = self.backbone_dir or resolve_dir(
+            name, allow_patterns=["*.json", "*.safetensors"], what="backbone weights"
+        )
         tensors: dict[str, torch.Tensor] = {}
         for f in backbone_weight_files(folder):
             tensors.update(read_safetensors(f))
@@ -156,7 +168,7 @@ class SmolVLAPolicy(nn.Module):
         vlm.lm_head.requires_grad_(False)
         vlm.model.text_model.norm.requires_grad_(False)
         layers = vlm.model.text_model.layers
-        for layer in layers[vwe.last_used + 1:]:
+        for layer in layers[vwe.last_used + 1 :]:
             layer.requires_grad_(False)
         last = layers[vwe.last_used]
         for m in (last.self_attn.q_proj, last.self_attn.o_proj, last.mlp, last.post_attention_layernorm):
@@ -172,8 +184,13 @@ class SmolVLAPolicy(nn.Module):
             self.model.vlm_with_expert.vlm.model.vision_model.eval()
         return self
 
-    def forward(self, batch: dict[str, Any], noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
-                reduction: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        batch: dict[str, Any],
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Flow-matching loss, averaged over in-episode steps x real action dims.
 
         Returns (loss, info); info holds detached tensors (no device sync here): the losses before
@@ -188,10 +205,20 @@ class SmolVLAPolicy(nn.Module):
         if is_pad is None:
             is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
         elif tuple(is_pad.shape) != tuple(actions.shape[:2]) or is_pad.dtype != torch.bool:
-            raise BatchError(f"{ACTION_IS_PAD}: got {tuple(is_pad.shape)} {is_pad.dtype}, "
-                             f"expected bool of shape {tuple(actions.shape[:2])}")
-        losses = self.model(images, img_masks, tokens, token_mask, state, self._pad(actions, self.config.max_action_dim),
-                            noise=self._check_noise(noise, actions.shape[0]), time=time)  # (B, S, max_action_dim)
+            raise BatchError(
+                f"{ACTION_IS_PAD}: got {tuple(is_pad.shape)} {is_pad.dtype}, "
+                f"expected bool of shape {tuple(actions.shape[:2])}"
+            )
+        losses = self.model(
+            images,
+            img_masks,
+            tokens,
+            token_mask,
+            state,
+            self._pad(actions, self.config.max_action_dim),
+            noise=self._check_noise(noise, actions.shape[0]),
+            time=time,
+        )  # (B, S, max_action_dim)
         kept = losses[:, :, :a] * (~is_pad)[:, :, None]  # real action dims, in-episode steps
         count = ((~is_pad).sum(dim=1) * a).clamp(min=1)  # (B,)
         per_sample = kept.sum(dim=(1, 2)) / count
@@ -211,12 +238,20 @@ class SmolVLAPolicy(nn.Module):
         self._queue: deque[torch.Tensor] = deque(maxlen=self.config.n_action_steps)
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Any], noise: torch.Tensor | None = None,
-                             num_steps: int | None = None) -> torch.Tensor:
+    def predict_action_chunk(
+        self, batch: dict[str, Any], noise: torch.Tensor | None = None, num_steps: int | None = None
+    ) -> torch.Tensor:
         """A chunk of normalized actions (B, chunk_size, action_dim)."""
         images, img_masks, tokens, token_mask, state = self._prepare_inputs(batch)
-        x = self.model.sample_actions(images, img_masks, tokens, token_mask, state,
-                                      noise=self._check_noise(noise, state.shape[0]), num_steps=num_steps)
+        x = self.model.sample_actions(
+            images,
+            img_masks,
+            tokens,
+            token_mask,
+            state,
+            noise=self._check_noise(noise, state.shape[0]),
+            num_steps=num_steps,
+        )
         return x[:, :, : self.config.action_feature.shape[0]]
 
     @torch.no_grad()
@@ -256,9 +291,13 @@ class SmolVLAPolicy(nn.Module):
             if img.ndim == 5:  # (B, T, C, H, W): the latest step
                 img = img[:, -1]
             if img.ndim != 4 or img.shape[1] != 3 or img.shape[0] != b:
-                raise BatchError(f"{key}: got shape {tuple(img.shape)}, expected [{b}, 3, H, W] (batch of {b})")
+                raise BatchError(
+                    f"{key}: got shape {tuple(img.shape)}, expected [{b}, 3, H, W] (batch of {b})"
+                )
             if not img.is_floating_point():
-                raise BatchError(f"{key}: got dtype {img.dtype}, expected float in [0, 1] (divide uint8 images by 255)")
+                raise BatchError(
+                    f"{key}: got dtype {img.dtype}, expected float in [0, 1] (divide uint8 images by 255)"
+                )
             lo, hi = float(img.min()), float(img.max())
             if lo < -1e-3 or hi > 1 + 1e-3:
                 hint = " (looks like 0-255 values: divide by 255)" if hi > 2 else ""
@@ -267,7 +306,9 @@ class SmolVLAPolicy(nn.Module):
                 img = resize_with_pad(img, *cfg.resize_imgs_with_padding, pad_value=0)
             images.append(img * 2.0 - 1.0)  # SigLIP's [-1, 1]; black padding becomes -1
             m = batch.get(f"{key}_padding_mask")
-            masks.append(torch.ones(b, dtype=torch.bool, device=img.device) if m is None else m.bool().reshape(b))
+            masks.append(
+                torch.ones(b, dtype=torch.bool, device=img.device) if m is None else m.bool().reshape(b)
+            )
         for _ in missing:  # placeholder cameras: all -1, masked out of attention
             images.append(torch.full_like(images[-1], -1.0))
             masks.append(torch.zeros(b, dtype=torch.bool, device=images[-1].device))
@@ -278,15 +319,20 @@ class SmolVLAPolicy(nn.Module):
         if state is None:
             raise BatchError(f"{OBS_STATE}: missing from the batch (keys: {sorted(batch)})")
         if not isinstance(state, torch.Tensor) or not state.is_floating_point():
-            raise BatchError(f"{OBS_STATE}: got {getattr(state, 'dtype', type(state).__name__)}, expected a float tensor [B, D]")
+            raise BatchError(
+                f"{OBS_STATE}: got {getattr(state, 'dtype', type(state).__name__)}, "
+                "expected a float tensor [B, D]"
+            )
         if state.ndim == 3 and state.shape[1] == 1:
             state = state[:, 0]
         if state.ndim != 2:
             raise BatchError(f"{OBS_STATE}: got shape {tuple(state.shape)}, expected [B, D]")
         want = self.config.state_feature.shape[0] if self.config.state_feature else None
         if state.shape[1] > self.config.max_state_dim or (want is not None and state.shape[1] != want):
-            raise BatchError(f"{OBS_STATE}: width {state.shape[1]}, expected {want or f'<= {self.config.max_state_dim}'}"
-                             f" (config input_features / max_state_dim={self.config.max_state_dim})")
+            raise BatchError(
+                f"{OBS_STATE}: width {state.shape[1]}, expected {want or f'<= {self.config.max_state_dim}'}"
+                f" (config input_features / max_state_dim={self.config.max_state_dim})"
+            )
         if not torch.isfinite(state).all():
             raise BatchError(f"{OBS_STATE}: contains NaN or inf")
         return self._pad(state.float(), self.config.max_state_dim)
@@ -294,17 +340,25 @@ class SmolVLAPolicy(nn.Module):
     def _prepare_language(self, batch: dict[str, Any], b: int) -> tuple[torch.Tensor, torch.Tensor]:
         for key in (OBS_TOKENS, OBS_TOKEN_MASK):
             if key not in batch:
-                raise BatchError(f"{key}: missing from the batch; tokenize the task with the preprocessor "
-                                 "(smolvla.processing.make_pre_post_processors)")
+                raise BatchError(
+                    f"{key}: missing from the batch; tokenize the task with the preprocessor "
+                    "(smolvla.processing.make_pre_post_processors)"
+                )
         tokens, mask = batch[OBS_TOKENS], batch[OBS_TOKEN_MASK]
         if tokens.ndim != 2 or tokens.shape[0] != b or tokens.dtype not in (torch.int64, torch.int32):
-            raise BatchError(f"{OBS_TOKENS}: got {tuple(tokens.shape)} {tokens.dtype}, expected int64 [{b}, L]")
+            raise BatchError(
+                f"{OBS_TOKENS}: got {tuple(tokens.shape)} {tokens.dtype}, expected int64 [{b}, L]"
+            )
         if tuple(mask.shape) != tuple(tokens.shape):
-            raise BatchError(f"{OBS_TOKEN_MASK}: got shape {tuple(mask.shape)}, expected {tuple(tokens.shape)}")
+            raise BatchError(
+                f"{OBS_TOKEN_MASK}: got shape {tuple(mask.shape)}, expected {tuple(tokens.shape)}"
+            )
         vocab = self.backbone.text.vocab_size
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-            raise BatchError(f"{OBS_TOKENS}: ids in [{int(tokens.min())}, {int(tokens.max())}], expected [0, {vocab}) "
-                             "(the tokenizer does not match the backbone's vocabulary)")
+            raise BatchError(
+                f"{OBS_TOKENS}: ids in [{int(tokens.min())}, {int(tokens.max())}], expected [0, {vocab}) "
+                "(the tokenizer does not match the backbone's vocabulary)"
+            )
         return tokens.long(), mask.bool()
 
     def _check_actions(self, batch: dict[str, Any], b: int) -> torch.Tensor:
@@ -312,10 +366,18 @@ class SmolVLAPolicy(nn.Module):
         a = self.config.action_feature.shape[0]
         want = (b, self.config.chunk_size, a)
         if actions is None:
-            raise BatchError(f"{ACTION}: missing from the batch (training needs the action chunk {list(want)})")
-        if not isinstance(actions, torch.Tensor) or tuple(actions.shape) != want or not actions.is_floating_point():
-            raise BatchError(f"{ACTION}: got {tuple(getattr(actions, 'shape', ()))} {getattr(actions, 'dtype', '')}, "
-                             f"expected float {list(want)} (batch, chunk_size, action dim)")
+            raise BatchError(
+                f"{ACTION}: missing from the batch (training needs the action chunk {list(want)})"
+            )
+        if (
+            not isinstance(actions, torch.Tensor)
+            or tuple(actions.shape) != want
+            or not actions.is_floating_point()
+        ):
+            raise BatchError(
+                f"{ACTION}: got {tuple(getattr(actions, 'shape', ()))} {getattr(actions, 'dtype', '')}, "
+                f"expected float {list(want)} (batch, chunk_size, action dim)"
+            )
         if not torch.isfinite(actions).all():
             raise BatchError(f"{ACTION}: contains NaN or inf")
         return actions.float()

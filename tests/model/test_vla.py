@@ -32,12 +32,14 @@ def policy_for(**overrides) -> SmolVLAPolicy:
     cfg = preset("micro")
     if overrides.get("num_vlm_layers", 0) > 2:  # the micro backbone has 2 text layers: widen it
         from smolvla.config import KNOWN_BACKBONES, MICRO_BACKBONE
+
         bb = KNOWN_BACKBONES[MICRO_BACKBONE]
         backbone = dataclasses.replace(bb, text=dataclasses.replace(bb.text, num_hidden_layers=4))
     else:
         backbone = None
     if overrides.get("resize_imgs_with_padding", 0) is None:  # both cameras at the tower's own size
         from smolvla.config import FeatureType, PolicyFeature
+
         cams = {k: PolicyFeature(FeatureType.VISUAL, (3, 16, 16)) for k in cfg.image_features}
         cfg = dataclasses.replace(cfg, input_features={**cfg.input_features, **cams})
     cfg = dataclasses.replace(cfg, **overrides)
@@ -62,8 +64,9 @@ def test_joint_pass_equals_cached_inference(name):
     t = torch.tensor([0.3, 0.9])
     with torch.no_grad():
         v_joint = model.joint_velocity(prefix, x, t)
-        cache = model.vlm_with_expert.prefill(prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar),
-                                              prefix.pad.cumsum(1) - 1)
+        cache = model.vlm_with_expert.prefill(
+            prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), prefix.pad.cumsum(1) - 1
+        )
         mask = make_att_2d_masks(torch.ones(b, s, dtype=torch.bool), torch.ones(b, s, dtype=torch.long))
         pos = prefix.pad.sum(1, keepdim=True) + torch.arange(s)[None]
         v_cached = model.velocity(x, t, cache, prefix.pad, mask, pos)
@@ -77,7 +80,11 @@ def test_gradients_reach_every_trainable_parameter(name):
     policy = policy_for(**VARIANTS[name], train_expert_only=False, freeze_vision_encoder=False).train()
     loss, _ = policy(make_batch(policy.config, with_actions=True))
     loss.backward()
-    no_grad = [n for n, p in policy.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    no_grad = [
+        n
+        for n, p in policy.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().sum())
+    ]
     assert not no_grad, no_grad
     expert = policy.model.vlm_with_expert.lm_expert
     assert all(p.grad is not None for p in expert.parameters())
@@ -105,7 +112,8 @@ def test_padding_tokens_do_not_change_the_result():
     pad = torch.full((1, 4), 2)
     longer["observation.language.tokens"] = torch.cat([batch["observation.language.tokens"], pad], 1)
     longer["observation.language.attention_mask"] = torch.cat(
-        [batch["observation.language.attention_mask"], torch.zeros(1, 4, dtype=torch.bool)], 1)
+        [batch["observation.language.attention_mask"], torch.zeros(1, 4, dtype=torch.bool)], 1
+    )
     noise = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim)
     a = policy.predict_action_chunk(batch, noise=noise)
     b = policy.predict_action_chunk(longer, noise=noise)
@@ -125,8 +133,12 @@ def test_time_embedding_sin_first_and_periods():
     emb = sinusoidal_time_embedding(torch.tensor([0.25]), 8, 4e-3, 4.0)
     period0 = 4e-3
     assert emb.dtype == torch.float64
-    assert torch.isclose(emb[0, 0], torch.sin(torch.tensor(0.25 * 2 * torch.pi / period0, dtype=torch.float64)))
-    assert torch.isclose(emb[0, 4 + 3], torch.cos(torch.tensor(0.25 * 2 * torch.pi / 4.0, dtype=torch.float64)))
+    assert torch.isclose(
+        emb[0, 0], torch.sin(torch.tensor(0.25 * 2 * torch.pi / period0, dtype=torch.float64))
+    )
+    assert torch.isclose(
+        emb[0, 4 + 3], torch.cos(torch.tensor(0.25 * 2 * torch.pi / 4.0, dtype=torch.float64))
+    )
 
 
 def test_rope_base_is_10000_split_half():
@@ -134,7 +146,9 @@ def test_rope_base_is_10000_split_half():
     x[..., 0] = 1.0  # first half, dim 0
     out = apply_rope(x, torch.tensor([[3]]))
     # dim 0 pairs with dim 2 at frequency 10000^0 = 1
-    assert torch.allclose(out[0, 0, 0], torch.tensor([torch.cos(torch.tensor(3.0)), 0, torch.sin(torch.tensor(3.0)), 0]))
+    assert torch.allclose(
+        out[0, 0, 0], torch.tensor([torch.cos(torch.tensor(3.0)), 0, torch.sin(torch.tensor(3.0)), 0])
+    )
     x = torch.zeros(1, 1, 1, 4)
     x[..., 1] = 1.0  # frequency 10000^(-2/4) = 0.01
     out = apply_rope(x, torch.tensor([[3]]))

@@ -151,11 +151,13 @@ class Connector(nn.Module):
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
         self.r = cfg.scale_factor
-        self.modality_projection = ModalityProjection(cfg.vision.hidden_size * self.r**2, cfg.text.hidden_size)
+        self.modality_projection = ModalityProjection(
+            cfg.vision.hidden_size * self.r**2, cfg.text.hidden_size
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, e = x.shape  # (B, N, E), N a square
-        side, r = int(round(n**0.5)), self.r
+        side, r = round(n**0.5), self.r
         # token (R, C) = concat over (dr, dc), row-major, of patch (r*R + dr, r*C + dc)
         x = x.view(b, side // r, r, side // r, r, e).permute(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, (side // r) ** 2, r * r * e)
@@ -182,7 +184,9 @@ class RMSNorm(nn.Module):
 class SelfAttention(nn.Module):
     """Projections only: the attention itself runs jointly over the VLM and expert streams."""
 
-    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, kv_in: int | None = None) -> None:
+    def __init__(
+        self, hidden: int, heads: int, kv_heads: int, head_dim: int, kv_in: int | None = None
+    ) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         kv_in = hidden if kv_in is None else kv_in  # cross-attention layers project the VLM's k/v
@@ -207,7 +211,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: TextConfig, hidden: int, intermediate: int, kv_in: int | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(hidden, cfg.rms_norm_eps)
-        self.self_attn = SelfAttention(hidden, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, kv_in)
+        self.self_attn = SelfAttention(
+            hidden, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, kv_in
+        )
         self.post_attention_layernorm = RMSNorm(hidden, cfg.rms_norm_eps)
         self.mlp = MLP(hidden, intermediate)
 
@@ -216,8 +222,11 @@ class DecoderLayer(nn.Module):
         a = self.self_attn
         x = self.input_layernorm(h).to(a.q_proj.weight.dtype)
         b, n = x.shape[:2]
-        return (a.q_proj(x).view(b, n, -1, a.head_dim), a.k_proj(x).view(b, n, -1, a.head_dim),
-                a.v_proj(x).view(b, n, -1, a.head_dim))
+        return (
+            a.q_proj(x).view(b, n, -1, a.head_dim),
+            a.k_proj(x).view(b, n, -1, a.head_dim),
+            a.v_proj(x).view(b, n, -1, a.head_dim),
+        )
 
     def query(self, h: torch.Tensor) -> torch.Tensor:
         a = self.self_attn

@@ -34,7 +34,9 @@ def make_att_2d_masks(pad_masks: torch.Tensor, ar_marks: torch.Tensor) -> torch.
     return (c[:, None, :] <= c[:, :, None]) & (pad_masks[:, None, :] & pad_masks[:, :, None])
 
 
-def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
+def sinusoidal_time_embedding(
+    t: torch.Tensor, dim: int, min_period: float, max_period: float
+) -> torch.Tensor:
     """t (B,) -> (B, dim): [sin, cos] over geometric periods, computed in float64 where available."""
     if dim % 2:
         raise ValueError(f"time embedding width: got {dim}, expected an even number")
@@ -95,8 +97,9 @@ class VLMWithExpert(nn.Module):
         j = self.expert_at[i]
         return None if j is None else self.lm_expert.layers[j]
 
-    def forward(self, prefix: torch.Tensor, suffix: torch.Tensor, mask: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, prefix: torch.Tensor, suffix: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         """Training pass, no cache. prefix (B, P, D), suffix (B, S, E), mask (B, P+S, P+S),
         positions (B, P+S) -> expert output (B, S, E) after the final norm."""
         p = prefix.shape[1]
@@ -146,8 +149,14 @@ class VLMWithExpert(nn.Module):
                 prefix = vlm.finish(prefix, attention(q, k, v, mask))
         return cache
 
-    def denoise(self, suffix: torch.Tensor, cache: list, prefix_pad: torch.Tensor,
-                suffix_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def denoise(
+        self,
+        suffix: torch.Tensor,
+        cache: list,
+        prefix_pad: torch.Tensor,
+        suffix_mask: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         """Suffix pass against the cached prefix. suffix (B, S, E), prefix_pad (B, P) bool,
         suffix_mask (B, S, S), positions (B, S) -> expert output (B, S, E)."""
         s = suffix.shape[1]
@@ -199,8 +208,14 @@ class VLAFlowMatching(nn.Module):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.vlm_with_expert.vlm.model.text_model.embed_tokens(ids)
 
-    def embed_prefix(self, images: list[torch.Tensor], img_masks: list[torch.Tensor], tokens: torch.Tensor,
-                     token_mask: torch.Tensor, state: torch.Tensor) -> Prefix:
+    def embed_prefix(
+        self,
+        images: list[torch.Tensor],
+        img_masks: list[torch.Tensor],
+        tokens: torch.Tensor,
+        token_mask: torch.Tensor,
+        state: torch.Tensor,
+    ) -> Prefix:
         """images: per camera (B, 3, H, W) in [-1, 1]; img_masks: per camera (B,) bool;
         tokens, token_mask (B, L); state (B, max_state_dim)."""
         b = state.shape[0]
@@ -234,8 +249,11 @@ class VLAFlowMatching(nn.Module):
         n = prefix.embs.shape[1]
         if self.cfg.prefix_length > n:
             extra = self.cfg.prefix_length - n
-            prefix = Prefix(F.pad(prefix.embs, (0, 0, 0, extra)), F.pad(prefix.pad, (0, extra)),
-                            F.pad(prefix.ar, (0, extra)))
+            prefix = Prefix(
+                F.pad(prefix.embs, (0, 0, 0, extra)),
+                F.pad(prefix.pad, (0, extra)),
+                F.pad(prefix.ar, (0, extra)),
+            )
         return prefix
 
     def _embed_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -264,13 +282,21 @@ class VLAFlowMatching(nn.Module):
 
     def _velocity(self, out: torch.Tensor) -> torch.Tensor:
         w = self.action_out_proj.weight
-        return self.action_out_proj(out[:, -self.cfg.chunk_size:].to(torch.float32).to(w.dtype)).float()
+        return self.action_out_proj(out[:, -self.cfg.chunk_size :].to(torch.float32).to(w.dtype)).float()
 
     # -- training ------------------------------------------------------------------------------------
 
-    def forward(self, images: list[torch.Tensor], img_masks: list[torch.Tensor], tokens: torch.Tensor,
-                token_mask: torch.Tensor, state: torch.Tensor, actions: torch.Tensor,
-                noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        images: list[torch.Tensor],
+        img_masks: list[torch.Tensor],
+        tokens: torch.Tensor,
+        token_mask: torch.Tensor,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Per-element flow-matching loss (B, S, max_action_dim). actions are normalized and padded."""
         if noise is None:
             noise = torch.randn_like(actions, dtype=torch.float32)
@@ -296,19 +322,29 @@ class VLAFlowMatching(nn.Module):
     # -- inference -----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_actions(self, images: list[torch.Tensor], img_masks: list[torch.Tensor], tokens: torch.Tensor,
-                       token_mask: torch.Tensor, state: torch.Tensor, noise: torch.Tensor | None = None,
-                       num_steps: int | None = None) -> torch.Tensor:
+    def sample_actions(
+        self,
+        images: list[torch.Tensor],
+        img_masks: list[torch.Tensor],
+        tokens: torch.Tensor,
+        token_mask: torch.Tensor,
+        state: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
         """Euler integration of the learned velocity from t=1 to t=0. -> (B, S, max_action_dim)."""
         b = state.shape[0]
         shape = (b, self.cfg.chunk_size, self.cfg.max_action_dim)
         x = torch.randn(shape, device=state.device) if noise is None else noise.to(torch.float32).clone()
         prefix = self.embed_prefix(images, img_masks, tokens, token_mask, state)
-        cache = self.vlm_with_expert.prefill(prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar),
-                                             torch.cumsum(prefix.pad, dim=1) - 1)
+        cache = self.vlm_with_expert.prefill(
+            prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), torch.cumsum(prefix.pad, dim=1) - 1
+        )
         s = self.cfg.chunk_size
-        suffix_mask = make_att_2d_masks(torch.ones(b, s, dtype=torch.bool, device=x.device),
-                                        torch.ones(b, s, dtype=torch.long, device=x.device))
+        suffix_mask = make_att_2d_masks(
+            torch.ones(b, s, dtype=torch.bool, device=x.device),
+            torch.ones(b, s, dtype=torch.long, device=x.device),
+        )
         positions = prefix.pad.sum(dim=1, keepdim=True) + torch.arange(s, device=x.device)[None]
         n = num_steps or self.cfg.num_steps
         dt = -1.0 / n
@@ -318,8 +354,15 @@ class VLAFlowMatching(nn.Module):
             x = x + dt * v
         return x
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, cache: list, prefix_pad: torch.Tensor,
-                 suffix_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def velocity(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cache: list,
+        prefix_pad: torch.Tensor,
+        suffix_mask: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         """One denoising step's velocity v(x_t, t) against a prefilled prefix. -> (B, S, max_action_dim)."""
         out = self.vlm_with_expert.denoise(self.embed_suffix(x, t), cache, prefix_pad, suffix_mask, positions)
         return self._velocity(out)

@@ -1,0 +1,43 @@
+"""Pre/post-processing: images, language tokens, normalization, and LeRobot's processor files."""
+
+from smolvla.processing.images import resize_with_pad
+from smolvla.processing.normalize import (
+    MissingStatsError,
+    Normalizer,
+    StatsError,
+    flatten_stats,
+    stats_from_json,
+    unflatten_stats,
+)
+from smolvla.processing.pipeline import (
+    PolicyPostprocessor,
+    PolicyPreprocessor,
+    ProcessorError,
+    make_pre_post_processors,
+)
+from smolvla.processing.tokenizer import (
+    LanguageTokenizer,
+    TokenizerError,
+    build_byte_tokenizer,
+    load_tokenizer,
+    save_byte_tokenizer,
+)
+
+__all__ = [
+    "LanguageTokenizer",
+    "MissingStatsError",
+    "Normalizer",
+    "PolicyPostprocessor",
+    "PolicyPreprocessor",
+    "ProcessorError",
+    "StatsError",
+    "TokenizerError",
+    "build_byte_tokenizer",
+    "flatten_stats",
+    "load_tokenizer",
+    "make_pre_post_processors",
+    "resize_with_pad",
+    "save_byte_tokenizer",
+    "stats_from_json",
+    "unflatten_stats",
+]

@@ -23,3 +23,20 @@ def resize_with_pad(img: torch.Tensor, width: int, height: int, pad_value: float
     if pad_h or pad_w:
         img = F.pad(img, (pad_w, 0, pad_h, 0), value=pad_value)
     return img
+
+
+def to_float_chw(img: torch.Tensor, key: str = "image") -> torch.Tensor:
+    """A camera frame as the policy takes it: float in [0, 1], channels first.
+
+    Accepts what robots and simulators produce: uint8 (divided by 255) and channels-last (H, W, 3)
+    layouts, batched or not. Float channels-first input passes unchanged.
+    """
+    if img.ndim not in (3, 4):
+        raise ValueError(f"{key}: got shape {tuple(img.shape)}, expected [(B,) 3, H, W] or [(B,) H, W, 3]")
+    if img.shape[-1] == 3 and img.shape[-3] != 3:  # channels last
+        img = img.movedim(-1, -3)
+    if img.dtype == torch.uint8:
+        return img.float() / 255.0
+    if not img.is_floating_point():
+        raise ValueError(f"{key}: got dtype {img.dtype}, expected uint8 or float in [0, 1]")
+    return img

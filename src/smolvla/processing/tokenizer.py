@@ -80,7 +80,10 @@ class LanguageTokenizer:
         except Exception as e:
             raise TokenizerError(f"{file}: not a valid tokenizers file ({e})") from e
         cfg: dict[str, Any] = {}
-        for fname in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
+        for fname in (
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+        ):  # the latter wins, as in transformers
             f = path / fname
             if f.is_file():
                 try:
@@ -159,8 +162,8 @@ class LanguageTokenizer:
             )
         else:
             tok.no_padding()
-        # add_special_tokens=True like transformers' default: a post-processor (BOS/EOS) would apply; SmolVLM2's
-        # tokenizer has none, so nothing is added there.
+        # add_special_tokens=True like transformers' default: a post-processor (BOS/EOS) would apply;
+        # SmolVLM2's tokenizer has none, so nothing is added there.
         encs = tok.encode_batch(texts, add_special_tokens=True)
         tokens = torch.tensor([e.ids for e in encs], dtype=torch.int64)
         mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.bool)
@@ -186,7 +189,11 @@ def load_tokenizer(name_or_path: str | Path, *, relative_to: Path | None = None)
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map, the alphabet of the ByteLevel pre-tokenizer."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     out = {b: chr(b) for b in printable}
     n = 0
     for b in range(256):
@@ -209,7 +216,7 @@ def build_byte_tokenizer() -> Tokenizer:
     specials += [f"<|reserved_{i}|>" for i in range(BYTE_VOCAB_SIZE - 256 - len(specials))]
     vocab = {tok: i for i, tok in enumerate(_BYTE_HEAD)}
     vocab.update({b2u[b]: BYTE_OFFSET + b for b in range(256)})
-    vocab.update({tok: BYTE_OFFSET + 256 + i for i, tok in enumerate(specials[len(_BYTE_HEAD):])})
+    vocab.update({tok: BYTE_OFFSET + 256 + i for i, tok in enumerate(specials[len(_BYTE_HEAD) :])})
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     # No regex split: with no merges, words would not change the result, only cost time.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

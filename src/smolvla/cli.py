@@ -1,0 +1,199 @@
+"""The `smolvla` command. Flags follow LeRobot's (`--policy.path=DIR`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+
+from smolvla.config import OBS_STATE, PRESETS, TASK, FeatureType, SmolVLAConfig, preset
+from smolvla.policy import SmolVLAPolicy
+
+
+def parameter_report(policy: SmolVLAPolicy) -> dict[str, Any]:
+    """Parameter counts per part, total and trainable."""
+    m = policy.model
+    vlm = m.vlm_with_expert.vlm
+    parts = {
+        "vision_tower": vlm.model.vision_model,
+        "connector": vlm.model.connector,
+        "embed_tokens": vlm.model.text_model.embed_tokens,
+        "text_layers": vlm.model.text_model.layers,
+        "lm_head (unused)": vlm.lm_head,
+        "action_expert": m.vlm_with_expert.lm_expert,
+    }
+    counts = {k: sum(p.numel() for p in v.parameters()) for k, v in parts.items()}
+    counts["projections"] = sum(
+        p.numel()
+        for mod in (
+            m.state_proj,
+            m.action_in_proj,
+            m.action_out_proj,
+            m.action_time_mlp_in,
+            m.action_time_mlp_out,
+        )
+        for p in mod.parameters()
+    )
+    return {
+        "total": sum(p.numel() for p in policy.parameters()),
+        "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+        "parts": counts,
+    }
+
+
+def info(path: str, as_json: bool = False) -> dict[str, Any]:
+    policy = SmolVLAPolicy.from_pretrained(path)
+    cfg = policy.config
+    dtypes = Counter(str(d).removeprefix("torch.") for d in policy._file_dtypes.values())
+    folder = policy.pretrained_path
+    processors = sorted(p.name for p in folder.glob("policy_*processor*")) if folder else []
+    report = {
+        "checkpoint": str(folder),
+        "vlm_model_name": cfg.vlm_model_name,
+        "cameras": {k: list(f.shape) for k, f in cfg.image_features.items()},
+        "state": list(cfg.state_feature.shape) if cfg.state_feature else None,
+        "action": list(cfg.action_feature.shape),
+        "chunk_size": cfg.chunk_size,
+        "n_action_steps": cfg.n_action_steps,
+        "num_steps": cfg.num_steps,
+        "layers": {"vlm": cfg.num_vlm_layers, "expert": cfg.n_expert_layers},
+        "normalization": {k: v.value for k, v in cfg.normalization_mapping.items()},
+        "parameters": parameter_report(policy),
+        "file_dtypes": dict(dtypes),
+        "processor_files": processors,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return report
+    print(f"SmolVLA checkpoint {report['checkpoint']}")
+    print(
+        f"  backbone      {cfg.vlm_model_name} ({cfg.num_vlm_layers} layers kept), "
+        f"expert {cfg.n_expert_layers} layers"
+    )
+    for k, shape in report["cameras"].items():
+        print(f"  camera        {k} {shape}")
+    print(f"  state         {report['state']}   action {report['action']}")
+    print(
+        f"  chunk         {cfg.chunk_size} actions, {cfg.n_action_steps} executed per call, "
+        f"{cfg.num_steps} denoising steps"
+    )
+    par = report["parameters"]
+    print(f"  parameters    {par['total']:,} total, {par['trainable']:,} trainable")
+    for k, n in par["parts"].items():
+        print(f"    {k:<18}{n:>14,}")
+    print(f"  file dtypes   {dict(dtypes)}")
+    print(f"  processors    {', '.join(processors) or 'none (make them with the dataset stats)'}")
+    return report
+
+
+def sample_observation(cfg: SmolVLAConfig, seed: int = 0) -> dict[str, Any]:
+    """A camera frame per camera (uint8, channels last, as a robot gives it), a state, a task."""
+    rng = np.random.default_rng(seed)
+    obs: dict[str, Any] = {}
+    for key, feat in cfg.image_features.items():
+        _, h, w = feat.shape
+        frame = np.zeros((h, w, 3), np.uint8)
+        frame[..., 2] = np.linspace(60, 200, w, dtype=np.uint8)[None]  # a blue-ish table
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        frame[y : y + h // 4, x : x + w // 4] = (220, 30, 30)  # a red cube
+        obs[key] = frame
+    if cfg.state_feature is not None:
+        obs[OBS_STATE] = rng.normal(size=cfg.state_feature.shape).astype(np.float32)
+    obs[TASK] = "pick up the red cube"
+    return obs
+
+
+def unit_stats(cfg: SmolVLAConfig) -> dict[str, dict[str, list[float]]]:
+    """Zero-mean unit-variance stats for a demo of an untrained policy (no dataset to compute them)."""
+    out = {}
+    for key, feat in {**cfg.input_features, **cfg.output_features}.items():
+        if feat.type in (FeatureType.STATE, FeatureType.ACTION):
+            n = feat.shape[0]
+            out[key] = {
+                "mean": [0.0] * n,
+                "std": [1.0] * n,
+                "min": [-1.0] * n,
+                "max": [1.0] * n,
+                "q01": [-1.0] * n,
+                "q99": [1.0] * n,
+                "q10": [-1.0] * n,
+                "q90": [1.0] * n,
+            }
+    return out
+
+
+def demo(policy_path: str | None, preset_name: str, seed: int, device: str) -> torch.Tensor:
+    """Runs a policy end to end on a sample observation: raw frames -> preprocessor -> chunk -> actions."""
+    from smolvla.processing import make_pre_post_processors
+
+    torch.manual_seed(seed)
+    if policy_path:
+        policy = SmolVLAPolicy.from_pretrained(policy_path, device=device)
+        pre, post = make_pre_post_processors(policy.config, pretrained_path=policy_path, device=device)
+        source = policy_path
+    else:
+        cfg = dataclasses.replace(preset(preset_name), load_vlm_weights=False)
+        policy = SmolVLAPolicy.from_config(cfg).to(device).eval()
+        pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg), device=device)
+        source = f"preset '{preset_name}', random weights (untrained: the actions are noise-shaped)"
+    cfg = policy.config
+    obs = sample_observation(cfg, seed)
+    t0 = time.perf_counter()
+    batch = pre(obs)
+    chunk = policy.predict_action_chunk(batch)
+    actions = post(chunk)[0]  # (chunk_size, action_dim)
+    dt = time.perf_counter() - t0
+    print(f"policy: {source}")
+    cams = [f"{k} {v.shape}" for k, v in obs.items() if k.startswith("observation.images")]
+    print(f"observation: cameras {cams}")
+    print(f"task: {obs[TASK]!r}")
+    print(f"action chunk {tuple(actions.shape)} in {dt:.3f} s ({cfg.num_steps} denoising steps):")
+    np.set_printoptions(precision=3, suppress=True, linewidth=120)
+    rows = actions.numpy()
+    for i in list(range(min(5, len(rows)))) + ([len(rows) - 1] if len(rows) > 5 else []):
+        print(f"  t={i:>3}  {rows[i]}")
+    return actions
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smolvla", description="SmolVLA: train, evaluate and run VLA policies.")
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("info", help="describe a checkpoint: features, cameras, parameters, dtypes")
+    i.add_argument("checkpoint", help="checkpoint folder or hub repo id")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    d = sub.add_parser("demo", help="run a policy on a sample observation and print its action chunk")
+    d.add_argument("--policy.path", dest="policy_path", help="checkpoint folder or hub repo id")
+    d.add_argument(
+        "--policy.preset",
+        dest="preset",
+        default="tiny",
+        choices=sorted(PRESETS),
+        help="preset to build with random weights when no path is given",
+    )
+    d.add_argument("--policy.device", dest="device", default="cpu")
+    d.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            info(args.checkpoint, args.json)
+        elif args.command == "demo":
+            demo(args.policy_path, args.preset, args.seed, args.device)
+    except (ValueError, FileNotFoundError) as e:  # our errors say what is wrong: show them, not a traceback
+        print(f"smolvla {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
