@@ -76,6 +76,7 @@ def test_override_parses_command_line_strings():
         ("use_delta_joint_actions_aloha", True, "use_delta_joint_actions_aloha"),
         ("chunk_size", 0, "chunk_size: got 0, expected a positive integer"),
         ("normalization_mapping", {"STATE": "ZSCORE"}, "normalization_mapping"),
+        ("adapt_to_pi_aloha", True, "adapt_to_pi_aloha: got True"),
         ("max_action_dim", 1, "output_features.action: width 2 is larger than max_action_dim"),
     ],
 )

@@ -390,6 +390,10 @@ class SmolVLAConfig:
             )
         if self.n_obs_steps != 1:
             raise bad("n_obs_steps", "1 (SmolVLA uses one observation step)")
+        if self.adapt_to_pi_aloha:
+            raise bad("adapt_to_pi_aloha", "False (the Aloha joint conversions are not supported)")
+        if self.rtc_config is not None:
+            raise bad("rtc_config", "None (real-time chunking is not available yet)")
         if self.use_delta_joint_actions_aloha:
             raise bad("use_delta_joint_actions_aloha", "False (LeRobot does not implement it either)")
         if self.empty_cameras < 0:

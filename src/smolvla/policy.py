@@ -71,6 +71,11 @@ class SmolVLAPolicy(nn.Module):
                 )
             self.model.image_start_ids = [backbone.fake_image_token_id, backbone.global_image_token_id]
             self.model.image_end_ids = [backbone.fake_image_token_id]
+        if config.compile_model:  # compiled on first call; the denoising step and the training pass
+            torch.set_float32_matmul_precision("high")
+            vwe = self.model.vlm_with_expert
+            vwe.denoise = torch.compile(vwe.denoise, mode=config.compile_mode)
+            vwe.forward = torch.compile(vwe.forward, mode=config.compile_mode)
         self._file_dtypes: dict[str, torch.dtype] = {}
         self.pretrained_path: Path | None = None
         self.reset()

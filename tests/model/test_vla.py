@@ -25,6 +25,7 @@ VARIANTS = {
     "prefix_length": {"prefix_length": 30},
     "wide_expert": {"expert_width_multiplier": 1.5},
     "no_resize": {"resize_imgs_with_padding": None},
+    "no_cache": {"use_cache": False},
 }
 
 
@@ -71,6 +72,10 @@ def test_joint_pass_equals_cached_inference(name):
         pos = prefix.pad.sum(1, keepdim=True) + torch.arange(s)[None]
         v_cached = model.velocity(x, t, cache, prefix.pad, mask, pos)
     assert torch.allclose(v_joint, v_cached, atol=1e-5), (v_joint - v_cached).abs().max()
+    noise = torch.randn(b, s, cfg.max_action_dim)
+    other = policy_for(**{**VARIANTS[name], "use_cache": not cfg.use_cache})
+    a, a2 = policy.predict_action_chunk(batch, noise=noise), other.predict_action_chunk(batch, noise=noise)
+    assert torch.allclose(a, a2, atol=1e-5)  # with and without the prefix cache
     if cfg.prefix_length > 0:
         assert prefix.embs.shape[1] == cfg.prefix_length
 

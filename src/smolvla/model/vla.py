@@ -337,9 +337,11 @@ class VLAFlowMatching(nn.Module):
         shape = (b, self.cfg.chunk_size, self.cfg.max_action_dim)
         x = torch.randn(shape, device=state.device) if noise is None else noise.to(torch.float32).clone()
         prefix = self.embed_prefix(images, img_masks, tokens, token_mask, state)
-        cache = self.vlm_with_expert.prefill(
-            prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), torch.cumsum(prefix.pad, dim=1) - 1
-        )
+        cache = None
+        if self.cfg.use_cache:  # LeRobot's use_cache=False crashes (spec §8.9); ours recomputes the prefix
+            cache = self.vlm_with_expert.prefill(
+                prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), torch.cumsum(prefix.pad, dim=1) - 1
+            )
         s = self.cfg.chunk_size
         suffix_mask = make_att_2d_masks(
             torch.ones(b, s, dtype=torch.bool, device=x.device),
@@ -350,7 +352,10 @@ class VLAFlowMatching(nn.Module):
         dt = -1.0 / n
         for step in range(n):
             t = torch.full((b,), 1.0 + step * dt, dtype=torch.float32, device=x.device)
-            v = self.velocity(x, t, cache, prefix.pad, suffix_mask, positions)
+            if self.cfg.use_cache:
+                v = self.velocity(x, t, cache, prefix.pad, suffix_mask, positions)
+            else:  # the whole [prefix; suffix] pass at every step: slower, same result
+                v = self.joint_velocity(prefix, x, t)
             x = x + dt * v
         return x
 
