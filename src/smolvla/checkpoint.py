@@ -7,16 +7,16 @@ that saving writes the file back bit-identically.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from smolvla.config import KNOWN_BACKBONES, BackboneConfig, ConfigError, SmolVLAConfig
 from smolvla.hub import resolve_dir
+from smolvla.io import read_json_object, write_atomic
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -96,9 +96,7 @@ def save_state(module: nn.Module, path: Path, dtypes: dict[str, torch.dtype] | N
     state = {
         k: v.detach().to("cpu", dtypes.get(k, v.dtype)).contiguous() for k, v in module.state_dict().items()
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(path)
+    write_atomic(path, save(state, metadata={"format": "pt"}))
 
 
 def resolve_backbone(
@@ -121,16 +119,10 @@ def resolve_backbone(
             name, relative_to=checkpoint_dir, allow_patterns=["*.json"], what="backbone (vlm_model_name)"
         )
     path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"vlm_model_name {name!r}: {path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
-    backbone = BackboneConfig.from_hf_dict(raw, source=str(path))
+    backbone = BackboneConfig.from_hf_dict(read_json_object(path, ConfigError), source=str(path))
     tok = folder / "tokenizer.json"
     if tok.is_file():
-        vocab = {t["content"]: t["id"] for t in json.loads(tok.read_text()).get("added_tokens", [])}
+        vocab = {t["content"]: t["id"] for t in read_json_object(tok, ConfigError).get("added_tokens", [])}
         backbone = BackboneConfig(
             vision=backbone.vision,
             text=backbone.text,
@@ -146,7 +138,7 @@ def backbone_weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a backbone repo (single file or sharded with an index)."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json_object(index, CheckpointError)["weight_map"].values()))
         return [folder / s for s in shards]
     single = folder / MODEL_FILE
     if single.is_file():

@@ -16,6 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from smolvla.io import read_json_object, write_json
+
 # Batch keys, as LeRobot names them.
 OBS_STATE = "observation.state"
 OBS_ENV_STATE = "observation.environment_state"
@@ -510,20 +512,11 @@ class SmolVLAConfig:
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=4) + "\n")
+        write_json(path, self.to_dict(), indent=4)
 
     @classmethod
     def load(cls, path: str | Path) -> SmolVLAConfig:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: no such config file") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json_object(path, ConfigError), source=str(path))
 
     def override(self, **values: Any) -> SmolVLAConfig:
         """`replace` that also accepts strings (from a command line) and names the bad field."""

@@ -7,7 +7,6 @@ observations. Every input is validated here, with the field named in the error.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
 from pathlib import Path
@@ -37,6 +36,7 @@ from smolvla.config import (
     SmolVLAConfig,
 )
 from smolvla.hub import resolve_dir
+from smolvla.io import write_json
 from smolvla.model.vla import VLAFlowMatching
 from smolvla.processing.images import resize_with_pad
 
@@ -125,7 +125,7 @@ class SmolVLAPolicy(nn.Module):
         if config.vlm_model_name not in KNOWN_BACKBONES:
             vlm_dir = save_dir / VLM_DIR
             vlm_dir.mkdir(exist_ok=True)
-            (vlm_dir / CONFIG_FILE).write_text(json.dumps(self.backbone.to_hf_dict(), indent=2) + "\n")
+            write_json(vlm_dir / CONFIG_FILE, self.backbone.to_hf_dict())
             if self.backbone_dir is not None and self.backbone_dir.resolve() != vlm_dir.resolve():
                 for f in self.backbone_dir.glob("*.json"):
                     if f.name != CONFIG_FILE and (f.name.startswith("tokenizer") or "processor" in f.name):

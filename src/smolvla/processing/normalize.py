@@ -7,7 +7,6 @@ stats that are absent (or not finite, or of the wrong shape) is an error at cons
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from smolvla.config import FeatureType, NormMode, PolicyFeature
+from smolvla.io import read_json_object
 
 # The stats each mode reads: (low/centre, high/spread).
 NEEDED_STATS: dict[NormMode, tuple[str, str]] = {
@@ -77,14 +77,7 @@ def stats_from_json(path_or_dict: str | Path | dict[str, Any]) -> Stats:
     if isinstance(path_or_dict, dict):
         return to_stats(path_or_dict)
     path = Path(path_or_dict)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"stats file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise StatsError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(d, dict):
-        raise StatsError(f"{path}: expected a JSON object of feature name to stats")
+    d = read_json_object(path, StatsError)
     try:
         return to_stats(d)
     except StatsError as e:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from smolvla.config import (
     ACTION,
@@ -32,6 +32,7 @@ from smolvla.config import (
     SmolVLAConfig,
 )
 from smolvla.hub import resolve_dir
+from smolvla.io import read_json_object, write_atomic
 from smolvla.processing.images import to_float_chw
 from smolvla.processing.normalize import Normalizer, to_stats, unflatten_stats
 from smolvla.processing.tokenizer import LanguageTokenizer, load_tokenizer
@@ -170,13 +171,13 @@ def _normalizer_config(n: Normalizer) -> dict[str, Any]:
 
 def _write(path: Path, name: str, steps: list[dict[str, Any]]) -> None:
     # json.dump(indent=2) without a trailing newline: byte-for-byte what LeRobot writes.
-    path.write_text(json.dumps({"name": name, "steps": steps}, indent=2))
+    write_atomic(path, json.dumps({"name": name, "steps": steps}, indent=2))
 
 
 def _save_stats(path: Path, filename: str, n: Normalizer, entry: dict[str, Any]) -> None:
     flat = n.state_dict()
     if flat:  # LeRobot writes no state file (and no state_file key) for an empty state
-        save_file(flat, str(path / filename))
+        write_atomic(path / filename, save(flat))
         entry["state_file"] = filename
 
 
@@ -185,11 +186,8 @@ def _read(path: Path, filename: str, expected: tuple[str, ...]) -> tuple[Path, d
     file = path / filename
     if not file.is_file():
         raise FileNotFoundError(f"{filename} not found in {path}")
-    try:
-        d = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ProcessorError(f"{file}: not valid JSON ({e})") from e
-    if not isinstance(d, dict) or not isinstance(d.get("steps"), list):
+    d = read_json_object(file, ProcessorError)
+    if not isinstance(d.get("steps"), list):
         raise ProcessorError(f"{file}: expected an object with a 'steps' list")
     steps: dict[str, dict[str, Any]] = {}
     for i, step in enumerate(d["steps"]):

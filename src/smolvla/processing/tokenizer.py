@@ -11,7 +11,6 @@ shell's behaviour: special tokens from the post-processor (SmolVLM2 has none), t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from smolvla.config import MICRO_BACKBONE, TINY_BACKBONE
+from smolvla.io import read_json_object, write_json
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 BUILTIN_TOKENIZERS = (TINY_BACKBONE, MICRO_BACKBONE)
@@ -86,10 +86,7 @@ class LanguageTokenizer:
         ):  # the latter wins, as in transformers
             f = path / fname
             if f.is_file():
-                try:
-                    d = json.loads(f.read_text())
-                except json.JSONDecodeError as e:
-                    raise TokenizerError(f"{f}: not valid JSON ({e})") from e
+                d = read_json_object(f, TokenizerError)
                 cfg.update({k: v for k, v in d.items() if v is not None})
         return cls(
             tok,
@@ -242,5 +239,5 @@ def save_byte_tokenizer(path: str | Path) -> Path:
         "model_max_length": 8192,
         "additional_special_tokens": ["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
     }
-    (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    write_json(path / "tokenizer_config.json", cfg)
     return path
