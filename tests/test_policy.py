@@ -130,3 +130,21 @@ def test_bad_training_inputs(micro_policy, key, value, match):
 def test_wrong_noise_shape(micro_policy):
     with pytest.raises(BatchError, match="noise: got shape"):
         micro_policy.predict_action_chunk(make_batch(micro_policy.config), noise=torch.randn(2, 3, 3))
+
+
+def test_bf16_precision_runs_and_stays_close(micro_policy):
+    """The bf16 path (backbone and expert in bf16, projections fp32, as LeRobot's checkpoints): same
+    chunk as fp32 up to bf16 rounding, and it trains."""
+    batch = make_batch(micro_policy.config, with_actions=True)
+    noise = torch.randn(2, micro_policy.config.chunk_size, micro_policy.config.max_action_dim)
+    ref = micro_policy.predict_action_chunk(batch, noise=noise)
+    micro_policy.set_precision(torch.bfloat16)
+    assert micro_policy.model.vlm_with_expert.lm_expert.norm.weight.dtype == torch.bfloat16
+    assert micro_policy.model.action_out_proj.weight.dtype == torch.float32
+    out = micro_policy.predict_action_chunk(batch, noise=noise)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
+    loss, _ = micro_policy.train()(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"dtype: got torch\.int8"):
+        micro_policy.set_precision(torch.int8)
