@@ -15,7 +15,7 @@ from safetensors.torch import save
 from torch import nn
 
 from smolvla.config import KNOWN_BACKBONES, BackboneConfig, ConfigError, SmolVLAConfig
-from smolvla.hub import resolve_dir
+from smolvla.hub import looks_like_repo_id, resolve_dir
 from smolvla.io import read_json_object, write_atomic
 
 MODEL_FILE = "model.safetensors"
@@ -97,6 +97,25 @@ def save_state(module: nn.Module, path: Path, dtypes: dict[str, torch.dtype] | N
         k: v.detach().to("cpu", dtypes.get(k, v.dtype)).contiguous() for k, v in module.state_dict().items()
     }
     write_atomic(path, save(state, metadata={"format": "pt"}))
+
+
+def is_portable_name(name: str) -> bool:
+    """A backbone or tokenizer name that means the same on any machine: a name we know, or a hub repo id."""
+    return name in KNOWN_BACKBONES or (looks_like_repo_id(name) and not Path(name).exists())
+
+
+def bundle_backbone_files(src: Path | None, save_dir: Path) -> str:
+    """Copies a local backbone folder's tokenizer and processor files into `save_dir/vlm`, so that a
+    checkpoint does not depend on a folder elsewhere on this machine. Returns the name to record."""
+    dst = save_dir / VLM_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    if src is not None and src.resolve() != dst.resolve():
+        for f in src.glob("*.json"):
+            if f.name != CONFIG_FILE and (
+                f.name.startswith(("tokenizer", "special_tokens")) or "processor" in f.name
+            ):
+                write_atomic(dst / f.name, f.read_bytes())
+    return VLM_DIR
 
 
 def resolve_backbone(

@@ -18,8 +18,9 @@ from torch import nn
 from smolvla.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
-    VLM_DIR,
     backbone_weight_files,
+    bundle_backbone_files,
+    is_portable_name,
     load_state,
     read_safetensors,
     resolve_backbone,
@@ -28,7 +29,6 @@ from smolvla.checkpoint import (
 from smolvla.config import (
     ACTION,
     ACTION_IS_PAD,
-    KNOWN_BACKBONES,
     OBS_STATE,
     OBS_TOKEN_MASK,
     OBS_TOKENS,
@@ -117,20 +117,15 @@ class SmolVLAPolicy(nn.Module):
     def save_pretrained(self, save_dir: str | Path) -> None:
         """Writes `config.json` and `model.safetensors` in LeRobot's layout. Tensors keep the dtypes of
         the file they were loaded from, so a loaded checkpoint saves back bit-identically. A backbone
-        that is not known by name is written beside them (`vlm/config.json`, tokenizer files) and
-        referenced as `vlm`, so the folder is self-contained."""
+        from a local folder is written beside them (`vlm/config.json`, tokenizer files) and referenced
+        as `vlm`, so the folder is self-contained; known names and hub repo ids are kept as they are."""
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         config = self.config
-        if config.vlm_model_name not in KNOWN_BACKBONES:
-            vlm_dir = save_dir / VLM_DIR
-            vlm_dir.mkdir(exist_ok=True)
-            write_json(vlm_dir / CONFIG_FILE, self.backbone.to_hf_dict())
-            if self.backbone_dir is not None and self.backbone_dir.resolve() != vlm_dir.resolve():
-                for f in self.backbone_dir.glob("*.json"):
-                    if f.name != CONFIG_FILE and (f.name.startswith("tokenizer") or "processor" in f.name):
-                        (vlm_dir / f.name).write_bytes(f.read_bytes())
-            config = config.override(vlm_model_name=VLM_DIR)
+        if not is_portable_name(config.vlm_model_name):
+            name = bundle_backbone_files(self.backbone_dir, save_dir)
+            write_json(save_dir / name / CONFIG_FILE, self.backbone.to_hf_dict())
+            config = config.override(vlm_model_name=name)
         config.save(save_dir / CONFIG_FILE)
         save_state(self, save_dir / MODEL_FILE, self._file_dtypes)
 

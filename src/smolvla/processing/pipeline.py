@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
+from smolvla.checkpoint import bundle_backbone_files, is_portable_name
 from smolvla.config import (
     ACTION,
     OBS_ENV_STATE,
@@ -35,7 +36,7 @@ from smolvla.hub import resolve_dir
 from smolvla.io import read_json_object, write_atomic
 from smolvla.processing.images import to_float_chw
 from smolvla.processing.normalize import Normalizer, to_stats, unflatten_stats
-from smolvla.processing.tokenizer import LanguageTokenizer, load_tokenizer
+from smolvla.processing.tokenizer import BUILTIN_TOKENIZERS, LanguageTokenizer, load_tokenizer
 
 PREPROCESSOR_NAME = "policy_preprocessor"
 POSTPROCESSOR_NAME = "policy_postprocessor"
@@ -356,6 +357,11 @@ class PolicyPreprocessor:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         steps = self.steps()
+        name = self.tokenizer_name
+        if name is not None and name not in BUILTIN_TOKENIZERS and not is_portable_name(name):
+            # A tokenizer from a local folder travels with the checkpoint (as the policy's backbone does).
+            folder = self.tokenizer.folder if self.tokenizer is not None else None
+            steps[3]["config"]["tokenizer_name"] = bundle_backbone_files(folder, path)
         _save_stats(path, PREPROCESSOR_STATE_FILE, self.normalizer, steps[5])
         _write(path / PREPROCESSOR_FILE, PREPROCESSOR_NAME, steps)
         return path / PREPROCESSOR_FILE

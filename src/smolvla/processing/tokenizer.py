@@ -61,6 +61,7 @@ class LanguageTokenizer:
         self.padding_side = padding_side  # informational: LeRobot passes padding_side="right" on every call
         self.name = name
         self.pad_token = pad_token
+        self.folder: Path | None = None  # where its files were read from, if from files
         self._pad_id = None if pad_token is None else self.token_id(pad_token)
 
     @classmethod
@@ -88,13 +89,15 @@ class LanguageTokenizer:
             if f.is_file():
                 d = read_json_object(f, TokenizerError)
                 cfg.update({k: v for k, v in d.items() if v is not None})
-        return cls(
+        out = cls(
             tok,
             pad_token=_token_content(cfg.get("pad_token")),
             truncation_side=cfg.get("truncation_side", "right"),
             padding_side=cfg.get("padding_side", "right"),
             name=name if name is not None else str(path),
         )
+        out.folder = path
+        return out
 
     @property
     def vocab_size(self) -> int:
