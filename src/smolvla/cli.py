@@ -179,10 +179,52 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--policy.device", dest="device", default="cpu")
     d.add_argument("--seed", type=int, default=0)
+    for name, (_, text) in PASSTHROUGH.items():  # listed in --help; their own parsers take the flags
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
+def _record(argv: list[str]) -> None:
+    if argv[:1] != ["metaworld"]:
+        raise ValueError(f"record: got source {argv[:1]}, expected `smolvla record metaworld ...`")
+    from smolvla.envs.record import main as record_main
+
+    record_main(argv[1:])
+
+
+def _train(argv: list[str]) -> None:
+    from smolvla.train.loop import main as train_main
+
+    train_main(argv)
+
+
+def _eval(argv: list[str]) -> None:
+    from smolvla.eval import main as eval_main
+
+    eval_main(argv)
+
+
+# Commands with LeRobot-style `--a.b=value` flags (argparse would mangle them): argv goes straight through.
+PASSTHROUGH = {
+    "train": (_train, "train or fine-tune a policy: --policy.path=... --dataset.repo_id=... --steps=N"),
+    "eval": (_eval, "evaluate a policy in Meta-World: success per task and bucket, chart, videos"),
+    "record": (
+        _record,
+        "record demonstrations into a LeRobotDataset: record metaworld --tasks ... --output DIR",
+    ),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in PASSTHROUGH:
+        run, _ = PASSTHROUGH[argv[0]]
+        try:
+            run(argv[1:])
+        except (ValueError, FileNotFoundError, RuntimeError) as e:  # ours say what is wrong
+            print(f"smolvla {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     args = _parser().parse_args(argv)
     try:
         if args.command == "info":

@@ -1,0 +1,493 @@
+"""`train(cfg)`: fine-tune or train SmolVLA on a LeRobot dataset, on one process or many (torchrun).
+
+Determinism is by construction, so that resuming and multi-process training reproduce a single run:
+- the order of samples is a permutation drawn from (seed, epoch); a run's data position is just the
+  number of batches consumed;
+- the flow-matching noise and time of every sample, and its augmentation, are drawn from generators
+  seeded by (seed, step), for the whole global batch, of which each process takes its slice;
+- the loss is normalized by the global number of valid action entries, so that DDP's gradient average
+  equals the single-process gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from smolvla.config import ACTION, ACTION_IS_PAD, OBS_STATE, FeatureType, PolicyFeature, SmolVLAConfig, preset
+from smolvla.policy import SmolVLAPolicy
+from smolvla.train.config import TrainConfig, default_output_dir
+from smolvla.train.optim import make_optimizer, make_scheduler
+from smolvla.train.state import PRETRAINED, last_checkpoint, load_training_state, save_checkpoint
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or cannot go on (bad setup, diverged loss)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size); initializes torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast: 'auto' uses it on CUDA GPUs that support it; 'bf16' asks for it anywhere."""
+    if cfg.precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    return None
+
+
+def dataset_features(ds: Any) -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
+    """A dataset's features as the policy sees them: cameras (3, H, W), state, action."""
+    inputs: dict[str, PolicyFeature] = {}
+    outputs: dict[str, PolicyFeature] = {}
+    for key, ft in ds.features.items():
+        key = ds.rename_map.get(key, key) if hasattr(ds, "rename_map") else key
+        shape = tuple(ft["shape"])
+        if ft["dtype"] in ("video", "image"):
+            h, w, c = shape
+            inputs[key] = PolicyFeature(FeatureType.VISUAL, (c, h, w))
+        elif key == OBS_STATE:
+            inputs[key] = PolicyFeature(FeatureType.STATE, shape)
+        elif key == ACTION:
+            outputs[key] = PolicyFeature(FeatureType.ACTION, shape)
+    if ACTION not in outputs:
+        raise TrainingError(f"the dataset has no {ACTION!r} feature (features: {sorted(ds.features)})")
+    return inputs, outputs
+
+
+def policy_config(cfg: TrainConfig, ds_inputs: dict, ds_outputs: dict) -> SmolVLAConfig:
+    """The policy config of this run, checked against the dataset before anything trains."""
+    if cfg.policy_path:
+        from smolvla.hub import resolve_dir
+
+        base = SmolVLAConfig.load(resolve_dir(cfg.policy_path, allow_patterns=["*.json"]) / "config.json")
+        # LeRobot's rule: keep the checkpoint's inputs (cameras, state), take the dataset's outputs.
+        base = dataclasses.replace(base, output_features=ds_outputs)
+        missing = [k for k in base.input_features if k not in ds_inputs]
+        if missing:
+            extra = sorted(set(ds_inputs) - set(base.input_features))
+            raise TrainingError(
+                f"the dataset does not provide the checkpoint's inputs {missing}; "
+                f"it has {extra or 'nothing else'}. Map the dataset's keys onto the checkpoint's with "
+                "--rename_map, e.g. "
+                f"--rename_map='{json.dumps(dict(zip(extra, missing, strict=False)))}'"
+            )
+        for k, f in base.input_features.items():
+            if f.type != FeatureType.VISUAL and f.shape != ds_inputs[k].shape:
+                raise TrainingError(
+                    f"{k}: the checkpoint expects shape {f.shape}, the dataset has {ds_inputs[k].shape}"
+                )
+        return cfg.policy_config(base)
+    base = dataclasses.replace(
+        preset(cfg.policy_preset), input_features=ds_inputs, output_features=ds_outputs
+    )
+    explicit = set(cfg.policy_overrides)
+    pcfg = cfg.policy_config(base)
+    if not pcfg.load_vlm_weights:
+        # A random backbone learns nothing frozen: train everything unless told otherwise.
+        thaw = {k: False for k in ("freeze_vision_encoder", "train_expert_only") if k not in explicit}
+        pcfg = dataclasses.replace(pcfg, **thaw)
+    return pcfg
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """This process's share of a (seed, epoch) permutation, from batch `start` on.
+
+    The global batch k is permutation[k*G:(k+1)*G] (G = per-process batch x processes); process r takes
+    its r-th slice, so the union over processes is exactly the single-process batch."""
+
+    def __init__(
+        self, n: int, batch: int, rank: int, world: int, seed: int, epoch: int, start: int = 0
+    ) -> None:
+        self.n, self.batch, self.rank, self.world = n, batch, rank, world
+        self.seed, self.epoch, self.start = seed, epoch, start
+
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch * self.world)  # drop the last partial global batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        gb = self.batch * self.world
+        for k in range(self.start, self.batches_per_epoch()):
+            lo = k * gb + self.rank * self.batch
+            yield from perm[lo : lo + self.batch]
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch() - self.start) * self.batch
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -> Path:
+    """Runs training; returns the output folder (checkpoints, metrics.jsonl, curves PNG).
+
+    `stop_at`: checkpoint and stop after that step, as an interrupted run would (`--resume=true` goes
+    on): for time-boxed sessions, and for the test that resuming is exact."""
+    from smolvla.data import AugmentConfig, ImageAugment, LeRobotDataset
+    from smolvla.processing import make_pre_post_processors
+
+    rank, world = _dist()
+    device = _device(cfg)
+    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    resume_from = _check_output_dir(out, cfg)
+    if resume_from is not None:  # the saved config is the run's; only --steps may grow
+        saved = TrainConfig.from_dict(
+            json.loads((resume_from / PRETRAINED / "train_config.json").read_text())
+        )
+        cfg = dataclasses.replace(saved, steps=cfg.steps, resume=True, output_dir=str(out))
+
+    torch.manual_seed(cfg.seed)
+    probe = LeRobotDataset(cfg.dataset.repo_id, episodes=_episodes(cfg), rename_map=cfg.rename_map or None)
+    ds_inputs, ds_outputs = dataset_features(probe)
+    pcfg = policy_config(cfg, ds_inputs, ds_outputs)
+    ds = LeRobotDataset(
+        cfg.dataset.repo_id,
+        episodes=_episodes(cfg),
+        chunk_size=pcfg.chunk_size,
+        rename_map=cfg.rename_map or None,
+    )
+    if ds.stats is None:
+        raise TrainingError(
+            f"{cfg.dataset.repo_id}: no meta/stats.json; compute it with `smolvla dataset stats`"
+        )
+
+    if resume_from is not None:
+        policy = SmolVLAPolicy.from_pretrained(resume_from / PRETRAINED)
+        pre, post = make_pre_post_processors(
+            policy.config, pretrained_path=resume_from / PRETRAINED, device=str(device)
+        )
+    elif cfg.policy_path:
+        policy = SmolVLAPolicy.from_pretrained(cfg.policy_path, **cfg.policy_overrides)
+        policy = _with_config(policy, pcfg)
+        pre, post = make_pre_post_processors(
+            pcfg, pretrained_path=cfg.policy_path, dataset_stats=ds.stats, device=str(device)
+        )
+    else:
+        policy = SmolVLAPolicy.from_config(pcfg)
+        pre, post = make_pre_post_processors(pcfg, dataset_stats=ds.stats, device=str(device))
+    policy.to(device).train()
+    pcfg = policy.config
+
+    opt = make_optimizer(list(policy.parameters()), pcfg)
+    sched = make_scheduler(opt, pcfg, cfg.steps)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if resume_from is not None:
+        info = load_training_state(resume_from, opt, sched)
+        step, epoch, batch_in_epoch = info["step"], info["epoch"], info["batch_in_epoch"]
+    model: torch.nn.Module = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    augment = ImageAugment(AugmentConfig(enabled=True)) if cfg.dataset.augment else None
+    amp = _autocast_dtype(cfg, device)
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    def save_model(folder: Path) -> None:
+        policy.save_pretrained(folder)
+        pre.save(folder)
+        post.save(folder)
+        (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def loader(epoch: int, start: int) -> torch.utils.data.DataLoader:
+        sampler = EpochSampler(len(ds), cfg.batch_size, rank, world, cfg.seed, epoch, start)
+        if sampler.batches_per_epoch() == 0:
+            raise TrainingError(
+                f"--batch_size {cfg.batch_size} x {world} processes is larger than the dataset "
+                f"({len(ds)} frames)"
+            )
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+            persistent_workers=False,
+            pin_memory=device.type == "cuda",
+        )
+
+    metrics_file = out / "metrics.jsonl"
+    logger = _Logger(out, cfg, enabled=rank == 0)
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=not (progress and rank == 0), unit="step", dynamic_ncols=True
+    )
+    it = iter(loader(epoch, batch_in_epoch))
+    window: list[float] = []
+    t_window, samples_window = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    while step < cfg.steps:
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum_steps):
+            try:
+                raw = next(it)
+            except StopIteration:
+                epoch, batch_in_epoch = epoch + 1, 0
+                it = iter(loader(epoch, 0))
+                raw = next(it)
+            batch_in_epoch += 1
+            gstep = step * cfg.grad_accum_steps + micro
+            raw = _augment(raw, augment, ds.camera_keys, cfg.seed, gstep, rank) if augment else raw
+            batch = pre(raw)
+            noise, t = _noise_and_time(cfg, pcfg, gstep, rank, world, device)
+            is_pad = batch[ACTION_IS_PAD]
+            a = pcfg.action_feature.shape[0]
+            count = (~is_pad).sum() * a
+            total = count.clone()
+            if world > 1:
+                dist.all_reduce(total)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss, info = model(batch, noise=noise, time=t)
+            # sum over this process's entries / global entries, x world because DDP averages gradients
+            scaled = loss * count / total.clamp(min=1) * world / cfg.grad_accum_steps
+            if not torch.isfinite(loss):
+                episodes = sorted(set(raw["episode_index"].tolist()))
+                raise TrainingError(
+                    f"loss is {loss.item()} at step {step}; the batch holds episodes {episodes}"
+                )
+            scaled.backward()
+            logged = loss.detach() * count / total.clamp(min=1)  # this process's share of the global mean
+            if world > 1:
+                dist.all_reduce(logged)
+            loss_sum += float(logged) / cfg.grad_accum_steps
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, pcfg.optimizer_grad_clip_norm)
+        opt.step()
+        sched.step()
+        step += 1
+        window.append(loss_sum)
+        samples_window += cfg.batch_size * world * cfg.grad_accum_steps
+        bar.update(1)
+        if step % cfg.log_freq == 0 or step == cfg.steps:
+            dt = time.perf_counter() - t_window
+            rec = {
+                "step": step,
+                "loss": sum(window) / len(window),
+                "lr": opt.param_groups[0]["lr"],
+                "grad_norm": float(grad_norm),
+                "samples_per_s": samples_window / dt,
+                "epoch": epoch,
+                "elapsed_s": time.perf_counter() - t_start,
+            }
+            logger.log(rec)
+            bar.set_postfix(
+                loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", sps=f"{rec['samples_per_s']:.0f}"
+            )
+            window, t_window, samples_window = [], time.perf_counter(), 0
+        stopping = stop_at is not None and step >= stop_at
+        if step % cfg.save_freq == 0 or step == cfg.steps or stopping:
+            if rank == 0:
+                ckpt = save_checkpoint(
+                    out,
+                    step,
+                    save_model,
+                    opt,
+                    sched,
+                    {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "world": world},
+                )
+                if cfg.env.type and cfg.eval_freq and (step % cfg.eval_freq == 0 or step == cfg.steps):
+                    logger.log({"step": step, **_evaluate(cfg, ckpt / PRETRAINED, out)})
+            if world > 1:
+                dist.barrier()
+        if stopping:
+            break
+    bar.close()
+    logger.close(metrics_file)
+    if world > 1:
+        dist.destroy_process_group()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def _episodes(cfg: TrainConfig) -> list[int] | None:
+    return list(cfg.dataset.episodes) if cfg.dataset.episodes is not None else None
+
+
+def _with_config(policy: SmolVLAPolicy, pcfg: SmolVLAConfig) -> SmolVLAPolicy:
+    """The loaded policy under the run's config (new output features keep the same shapes)."""
+    if pcfg.action_feature.shape[0] > pcfg.max_action_dim:
+        raise TrainingError(
+            f"action dim {pcfg.action_feature.shape[0]} > max_action_dim {pcfg.max_action_dim}"
+        )
+    policy.config = pcfg
+    policy.reset()
+    return policy
+
+
+def _noise_and_time(
+    cfg: TrainConfig, pcfg: SmolVLAConfig, gstep: int, rank: int, world: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's slice of the global batch's noise and flow time, drawn from (seed, step)."""
+    from smolvla.model.vla import sample_time
+
+    g = torch.Generator().manual_seed(cfg.seed * 7_919 + gstep)
+    gb = cfg.batch_size * world
+    noise = torch.randn(gb, pcfg.chunk_size, pcfg.max_action_dim, generator=g)
+    state = torch.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
+    t = sample_time(gb, "cpu")  # Beta(1.5, 1) as the policy draws it, from this step's seed
+    torch.set_rng_state(state)
+    sl = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+    return noise[sl].to(device), t[sl].to(device)
+
+
+def _augment(raw: dict, augment: Any, cameras: list[str], seed: int, gstep: int, rank: int) -> dict:
+    """Per-sample augmentation drawn from (seed, step, rank): reproducible across resumes."""
+    g = torch.Generator().manual_seed(seed * 104_729 + gstep * 64 + rank)
+    raw = dict(raw)
+    for key in cameras:
+        raw[key] = torch.stack([augment(img, g) for img in raw[key]])
+    return raw
+
+
+def _check_output_dir(out: Path, cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, or None for a new run; refuses to mix two runs in one folder."""
+    last = last_checkpoint(out)
+    if cfg.resume:
+        if last is None:
+            raise TrainingError(f"--resume=true but {out} holds no checkpoint (checkpoints/last)")
+        return last
+    if out.exists() and any(out.iterdir()):
+        raise TrainingError(
+            f"--output_dir {out} already holds a run; pass --resume=true to continue it "
+            "or choose a new folder"
+        )
+    return None
+
+
+def _evaluate(cfg: TrainConfig, ckpt: Path, out: Path) -> dict[str, Any]:
+    from smolvla.envs.metaworld import tasks_for
+    from smolvla.eval.metaworld import EvalConfig as MWEval
+    from smolvla.eval.metaworld import evaluate
+
+    ev = MWEval(
+        policy_path=str(ckpt),
+        tasks=tuple(tasks_for(cfg.env.task)),
+        n_episodes=cfg.eval.n_episodes,
+        workers=cfg.eval.workers,
+        output_dir=str(out / "eval" / ckpt.parent.name),
+        **({"max_episode_steps": cfg.eval.max_episode_steps} if cfg.eval.max_episode_steps else {}),
+    )
+    report = evaluate(ev, progress=False)
+    return {"eval_success": report["overall"]["success_rate"]}
+
+
+class _Logger:
+    """metrics.jsonl always; TensorBoard if installed; wandb if asked for and installed."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, enabled: bool) -> None:
+        self.enabled = enabled
+        self.records: list[dict] = []
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            pass
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError as e:
+                raise TrainingError("--wandb.enable=true needs `pip install wandb`") from e
+            self.wandb = wandb.init(project="smolvla", config=cfg.to_dict(), dir=str(out))
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(rec)
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        for k, v in rec.items():
+            if self.tb is not None and k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(f"train/{k}", v, rec["step"])
+        if self.wandb is not None:
+            self.wandb.log(rec, step=rec["step"])
+
+    def close(self, metrics_file: Path) -> None:
+        if not self.enabled:
+            return
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        plot_curves(metrics_file, metrics_file.parent / "training_curves.png")
+
+
+def plot_curves(metrics_file: Path, png: Path) -> None:
+    """Loss, learning rate and samples/s against steps (and eval success if logged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "eval_success" in r]
+    if not train:
+        return
+    panels = [("loss", True), ("lr", False), ("samples_per_s", False)] + (
+        [("eval_success", False)] if evals else []
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, log) in zip(axes, panels, strict=True):
+        rows = evals if key == "eval_success" else train
+        ax.plot(
+            [r["step"] for r in rows], [r[key] for r in rows], marker="o" if key == "eval_success" else None
+        )
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    from smolvla.train.config import parse_args
+
+    train(parse_args(sys.argv[1:] if argv is None else argv))
