@@ -192,6 +192,12 @@ def _record(argv: list[str]) -> None:
     record_main(argv[1:])
 
 
+def _dataset(argv: list[str]) -> None:
+    from smolvla.data.tools import main as dataset_main
+
+    dataset_main(argv)
+
+
 def _train(argv: list[str]) -> None:
     from smolvla.train.loop import main as train_main
 
@@ -208,6 +214,7 @@ def _eval(argv: list[str]) -> None:
 PASSTHROUGH = {
     "train": (_train, "train or fine-tune a policy: --policy.path=... --dataset.repo_id=... --steps=N"),
     "eval": (_eval, "evaluate a policy in Meta-World: success per task and bucket, chart, videos"),
+    "dataset": (_dataset, "look at a dataset: info DIR | show DIR --episode K --output F.mp4 | stats DIR"),
     "record": (
         _record,
         "record demonstrations into a LeRobotDataset: record metaworld --tasks ... --output DIR",

@@ -54,8 +54,11 @@ def resolve_dir(
     relative_to: Path | None = None,
     allow_patterns: list[str] | None = None,
     what: str = "checkpoint",
+    repo_type: str = "model",
 ) -> Path:
-    """A local folder for `name_or_path`: `relative_to/name`, else `name`, else a Hub snapshot (or cache)."""
+    """A local folder for `name_or_path`: `relative_to/name`, else `name`, else a Hub snapshot (or cache).
+
+    `repo_type` is "model" (checkpoints, backbones) or "dataset"."""
     name = str(name_or_path)
     tried: list[Path] = []
     if relative_to is not None:
@@ -85,22 +88,34 @@ def resolve_dir(
         try:
             endpoint = os.environ.get("HF_ENDPOINT") or None
             return Path(
-                snapshot_download(name, allow_patterns=allow_patterns, cache_dir=cache, endpoint=endpoint)
+                snapshot_download(
+                    name,
+                    repo_type=repo_type,
+                    allow_patterns=allow_patterns,
+                    cache_dir=cache,
+                    endpoint=endpoint,
+                )
             )
         except Exception as e:  # network down, repo missing, gated...: the cache may still have it
             problems.append(f"download failed ({_short(e)})")
     try:
         return Path(
-            snapshot_download(name, allow_patterns=allow_patterns, cache_dir=cache, local_files_only=True)
+            snapshot_download(
+                name,
+                repo_type=repo_type,
+                allow_patterns=allow_patterns,
+                cache_dir=cache,
+                local_files_only=True,
+            )
         )
     except Exception as e:
         problems.append(f"not in the local cache ({_short(e)})")
     mode = "offline mode (HF_HUB_OFFLINE=1)" if offline else "online"
+    fetch = f"hf download {name}" + (" --repo-type dataset" if repo_type == "dataset" else "")
     raise HubError(
         f"{what} {name!r} not found. Looked for a local folder at {looked}; looked for Hub repo {name!r} "
         f"({mode}) in the HF cache {cache}: {'; '.join(problems)}. Pass an existing local folder, or fetch "
-        f"the repo once while online (`hf download {name}`), or point HF_HUB_CACHE / HF_HOME at the cache "
-        "that holds it."
+        f"the repo once while online (`{fetch}`), or point HF_HUB_CACHE / HF_HOME at the cache that holds it."
     )
 
 

@@ -19,7 +19,6 @@ NaN in state and action, episodes of length 0, video files shorter than their ep
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,13 +84,7 @@ def resolve_dataset_root(root_or_repo_id: str | Path) -> Path:
         local = lerobot_home() / name
         if (local / INFO_PATH).is_file():
             return local
-        if "repo_type" in inspect.signature(hub.resolve_dir).parameters:
-            return hub.resolve_dir(name, allow_patterns=None, what="dataset", repo_type="dataset")
-        raise DatasetError(
-            f"dataset {name!r}: no folder at {path} or {local}, and smolvla.hub.resolve_dir cannot fetch "
-            f"Hub datasets yet (it has no repo_type). Download it with `hf download {name} --repo-type "
-            "dataset --local-dir DIR` and pass DIR"
-        )
+        return hub.resolve_dir(name, allow_patterns=None, what="dataset", repo_type="dataset")
     raise DatasetError(f"dataset {name!r}: no such folder, and it is not a Hub repo id ('owner/name')")
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,11 +29,11 @@ import numpy as np
 
 from smolvla.config import ACTION, OBS_STATE, TASK
 from smolvla.envs.metaworld import CAMERA, INSTRUCTIONS, MetaWorldEnv, expert_action, tasks_for
+from smolvla.envs.workers import Worker, answer
 from smolvla.io import write_json
 
 FPS = 80  # LeRobot's Meta-World env runs at 80 fps
 EVAL_SEED_BASE = 1_000_000  # evaluation seeds start here, far from any recording's seeds
-_MARK = "@@smolvla-record "  # prefix of the worker's answer lines (libraries may print to stdout too)
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def worker_main(image_size: int, max_episode_steps: int, out_dir: Path) -> None:
             envs[task] = MetaWorldEnv(task, image_size=image_size, max_episode_steps=max_episode_steps)
         t0 = time.perf_counter()
         frames, success = run_episode(envs[task], seed)
-        answer = {
+        result = {
             "task": task,
             "seed": seed,
             "success": success,
@@ -117,58 +115,12 @@ def worker_main(image_size: int, max_episode_steps: int, out_dir: Path) -> None:
             path = out_dir / f"{task}-{seed}.safetensors"
             save_file(frames, str(path.with_suffix(".tmp")))
             path.with_suffix(".tmp").replace(path)
-            answer["file"] = str(path)
-        print(_MARK + json.dumps(answer), flush=True)
+            result["file"] = str(path)
+        answer(result)
 
 
 # --------------------------------------------------------------------------------------------------
 # Main process: dispatch jobs, write episodes in a deterministic order
-
-
-class _Worker:
-    def __init__(self, cfg: RecordConfig, tmp: Path, answers: Queue) -> None:
-        env = {
-            **os.environ,
-            "LP_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "smolvla.envs.record",
-            "--worker",
-            "--image-size",
-            str(cfg.image_size),
-            "--max-episode-steps",
-            str(cfg.max_episode_steps),
-            "--out",
-            str(tmp),
-        ]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.busy = False
-        threading.Thread(target=self._read, args=(answers,), daemon=True).start()
-
-    def _read(self, answers: Queue) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith(_MARK):
-                answers.put((self, json.loads(line[len(_MARK) :])))
-        answers.put((self, None))  # the worker exited
-
-    def send(self, task: str, seed: int) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"task": task, "seed": seed}) + "\n")
-        self.proc.stdin.flush()
-        self.busy = True
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @dataclass
@@ -198,7 +150,16 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     render_seconds = 0.0
     report: dict[str, Any] = {"tasks": {}}
     with tempfile.TemporaryDirectory(prefix="smolvla-record-") as tmp:
-        workers = [_Worker(cfg, Path(tmp), answers) for _ in range(cfg.workers)]
+        args = [
+            "--worker",
+            "--image-size",
+            str(cfg.image_size),
+            "--max-episode-steps",
+            str(cfg.max_episode_steps),
+            "--out",
+            tmp,
+        ]
+        workers = [Worker("smolvla.envs.record", args, answers) for _ in range(cfg.workers)]
         pending = deque(cfg.tasks)  # tasks still recording, in order
         bar = tqdm(total=cfg.episodes * len(cfg.tasks), unit="ep", desc="recording", disable=not progress)
         try:
@@ -242,7 +203,7 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def _dispatch(
-    cfg: RecordConfig, workers: list[_Worker], states: dict[str, _TaskState], pending: deque
+    cfg: RecordConfig, workers: list[Worker], states: dict[str, _TaskState], pending: deque
 ) -> None:
     """Gives idle workers the lowest untried seed of the earliest task that still needs episodes."""
     for w in workers:
@@ -252,7 +213,8 @@ def _dispatch(
             st = states[task]
             successes = sum(a["success"] for a in st.done.values())
             if successes + st.in_flight < cfg.episodes and st.next_seed < st.max_seed:
-                w.send(task, st.next_seed)
+                w.send({"task": task, "seed": st.next_seed})
+                w.busy = True
                 st.next_seed += 1
                 st.in_flight += 1
                 break

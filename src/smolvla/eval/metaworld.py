@@ -30,9 +30,7 @@ import difflib
 import json
 import math
 import os
-import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections import deque
@@ -55,6 +53,7 @@ from smolvla.envs.metaworld import (
     tasks_for,
 )
 from smolvla.envs.record import EVAL_SEED_BASE, FPS
+from smolvla.envs.workers import Worker, answer
 from smolvla.io import write_json
 
 # The scripted experts, measured on 20 evaluation seeds x 50 tasks: 98.2 % succeed within Meta-World's
@@ -68,7 +67,6 @@ POLICY_TYPES = ("smolvla", "expert")
 EXPERT_IMAGE_SIZE = 128  # the expert needs no images; this size is for its videos (the recorder's default)
 VIDEO_MIN_SIDE = 256
 _CHECKPOINT_FILES = ["*.json", "*.safetensors", "vlm/*", "tokenizer/*"]  # a hub download: no videos etc.
-_MARK = "@@smolvla-eval "  # prefix of the worker's answer lines (libraries may print to stdout too)
 _BUCKET = {task: bucket for bucket, names in DIFFICULTY.items() for task in names}
 
 
@@ -428,16 +426,16 @@ def worker_main(spec: dict[str, Any]) -> None:
                     task, image_size=spec["image_size"], max_episode_steps=spec["max_episode_steps"]
                 )
             frames: list[np.ndarray] | None = [] if job.get("video") else None
-            answer = {"task": task, "seed": seed, **rollout(envs[task], actor, seed, frames)}
+            result = {"task": task, "seed": seed, **rollout(envs[task], actor, seed, frames)}
             if frames:
                 path = Path(job["video"])
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_mp4(path, caption_frames(frames, envs[task].task, answer["success"], answer["steps"]))
-            print(_MARK + json.dumps(answer), flush=True)
+                write_mp4(path, caption_frames(frames, envs[task].task, result["success"], result["steps"]))
+            answer(result)
     except Exception as e:
         traceback.print_exc()
         error = {"task": job.get("task"), "seed": job.get("seed"), "error": f"{type(e).__name__}: {e}"}
-        print(_MARK + json.dumps(error), flush=True)
+        answer(error)
         sys.exit(1)
     finally:
         for env in envs.values():
@@ -448,49 +446,8 @@ def worker_main(spec: dict[str, Any]) -> None:
 # Main process
 
 
-class _Worker:
-    def __init__(self, spec: dict[str, Any], answers: Queue) -> None:
-        env = {
-            **os.environ,
-            "LP_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-        }
-        cmd = [sys.executable, "-m", "smolvla.eval", "--worker", json.dumps(spec)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.task: str | None = None  # the task of its last job: keep it there (one env build per task)
-        self.busy = False
-        threading.Thread(target=self._read, args=(answers,), daemon=True).start()
-
-    def _read(self, answers: Queue) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith(_MARK):
-                answers.put((self, json.loads(line[len(_MARK) :])))
-        answers.put((self, None))  # the worker exited
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(message) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # it exited; its reader thread reports it
-
-    def close(self, now: bool = False) -> None:
-        """Ends the worker after its current episode, or at once (`now`: the evaluation failed)."""
-        if now:
-            self.proc.kill()
-        try:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+class _Worker(Worker):
+    task: str | None = None  # the task of its last job: keep it there (one env build per task)
 
 
 def _next_job(worker: _Worker, pending: dict[str, deque]) -> tuple[str, int] | None:
@@ -520,7 +477,10 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     n_total = cfg.n_episodes * len(cfg.tasks)
     successes = finished = 0
     t0 = time.perf_counter()
-    workers = [_Worker(spec, answers) for _ in range(min(cfg.workers, n_total))]
+    workers = [
+        _Worker("smolvla.eval", ["--worker", json.dumps(spec)], answers)
+        for _ in range(min(cfg.workers, n_total))
+    ]
     bar = tqdm(total=n_total, unit="ep", desc="eval", disable=not progress)
     done = False
     try:
@@ -531,20 +491,20 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
                     video = out / "videos" / f"{task}.mp4" if cfg.videos and seed == cfg.seed else None
                     w.send({"task": task, "seed": seed, "video": None if video is None else str(video)})
                     w.task, w.busy = task, True
-            worker, answer = answers.get()
-            if answer is None:
+            worker, reply = answers.get()
+            if reply is None:
                 raise EvalError(f"an eval worker exited with code {worker.proc.wait()} (its error is above)")
-            if "error" in answer:
-                where = f" on {answer['task']} seed {answer['seed']}" if answer.get("task") else ""
-                raise EvalError(f"eval worker failed{where}: {answer['error']}")
+            if "error" in reply:
+                where = f" on {reply['task']} seed {reply['seed']}" if reply.get("task") else ""
+                raise EvalError(f"eval worker failed{where}: {reply['error']}")
             worker.busy = False
-            task = answer["task"]
-            results[task][answer["seed"]] = answer
+            task = reply["task"]
+            results[task][reply["seed"]] = reply
             left[task] -= 1
             if not left[task]:
                 for w in workers:
                     w.send({"drop": task})
-            successes += answer["success"]
+            successes += reply["success"]
             finished += 1
             bar.update(1)
             bar.set_postfix(success=f"{successes / finished:.0%}")

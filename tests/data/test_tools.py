@@ -1,0 +1,49 @@
+"""`smolvla dataset info | show | stats`."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+
+from smolvla.cli import main
+from smolvla.data.tools import info, recompute_stats
+from tests.data import synth
+
+
+def test_info_show_stats(tmp_path, capsys):
+    root = tmp_path / "ds"
+    synth.write(root, [6, 9], synth.features(size=16, cams=("top", "wrist")))
+    s = info(root)
+    assert s["episodes"] == 2 and s["frames"] == 15 and s["fps"] == synth.FPS
+    assert s["episode_length"] == {"min": 6, "mean": 7.5, "max": 9}
+    assert list(s["cameras"]) == ["observation.images.top", "observation.images.wrist"]
+    assert s["tasks"] == ["task 0", "task 1"]
+    assert main(["dataset", "info", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 15
+
+    out = tmp_path / "view" / "ep1.mp4"
+    assert main(["dataset", "show", str(root), "--episode", "1", "--output", str(out)]) == 0
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 9 and frames[0].shape[1] >= 2 * 16  # two cameras side by side, upscaled
+    assert out.with_suffix(".png").stat().st_size > 5000
+
+    before = json.loads((root / "meta/stats.json").read_text())
+    (root / "meta/stats.json").unlink()
+    after = recompute_stats(root, progress=False)
+    for key in ("observation.state", "action"):
+        for stat in ("mean", "std", "min", "max", "count"):
+            assert np.allclose(after[key][stat], before[key][stat], atol=1e-6), (key, stat)
+    # images are recomputed from the (lossy) video, the writer used the raw frames
+    assert np.allclose(
+        after["observation.images.top"]["mean"], before["observation.images.top"]["mean"], atol=0.02
+    )
+
+
+def test_show_rejects_a_missing_episode(tmp_path, capsys):
+    root = tmp_path / "ds"
+    synth.write(root, [4], synth.features(size=16, cams=("top",)))
+    assert main(["dataset", "show", str(root), "--episode", "3", "--output", str(tmp_path / "x.mp4")]) == 2
+    assert "--episode: got 3, expected 0..0" in capsys.readouterr().err
