@@ -412,3 +412,21 @@ def test_stats_rebuilt_from_episodes_when_stats_json_is_missing(root: Path, tmp_
     for f in original:
         for k in original[f]:
             np.testing.assert_allclose(rebuilt[f][k], original[f][k])
+
+
+def test_hub_dataset_from_the_offline_hf_cache(tmp_path, monkeypatch):
+    """A repo id resolves to the HF cache's dataset snapshot (repo_type dataset) with HF_HUB_OFFLINE=1."""
+    src = tmp_path / "src"
+    synth.write(src, [5, 4], synth.features(size=16))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "datasets--acme--demo"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(src, repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "empty"))
+    ds = LeRobotDataset("acme/demo")
+    assert ds.num_episodes == 2 and len(ds) == 9
+    with pytest.raises(FileNotFoundError, match="--repo-type dataset"):
+        LeRobotDataset("acme/missing")

@@ -146,8 +146,13 @@ def test_fine_tune_checks_features_and_suggests_rename_map(dataset, tmp_path, mi
             "--steps=1",
         ]
     )
-    with pytest.raises(TrainingError, match=r"does not provide the checkpoint's inputs.*--rename_map"):
+    with pytest.raises(TrainingError, match=r"does not provide the checkpoint's cameras.*--rename_map"):
         train(cfg, progress=False)
+    # with one camera allowed to be absent it fine-tunes; the state width comes from the dataset
+    out = train(dataclasses.replace(cfg, policy_overrides={"empty_cameras": "1"}), progress=False)
+    tuned = SmolVLAPolicy.from_pretrained(out / "checkpoints" / "last" / "pretrained_model")
+    assert list(tuned.config.image_features) == ["observation.images.camera1", "observation.images.camera2"]
+    assert tuned.config.state_feature.shape == (4,) and tuned.config.action_feature.shape == (3,)
 
 
 def test_nan_loss_stops_with_step_and_episodes(dataset, tmp_path):

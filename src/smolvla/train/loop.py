@@ -91,23 +91,22 @@ def policy_config(cfg: TrainConfig, ds_inputs: dict, ds_outputs: dict) -> SmolVL
         from smolvla.hub import resolve_dir
 
         base = SmolVLAConfig.load(resolve_dir(cfg.policy_path, allow_patterns=["*.json"]) / "config.json")
-        # LeRobot's rule: keep the checkpoint's inputs (cameras, state), take the dataset's outputs.
-        base = dataclasses.replace(base, output_features=ds_outputs)
-        missing = [k for k in base.input_features if k not in ds_inputs]
-        if missing:
-            extra = sorted(set(ds_inputs) - set(base.input_features))
+        base = cfg.policy_config(base)
+        # LeRobot's rule: keep the checkpoint's cameras, take the dataset's outputs. The state comes
+        # from the dataset too: its width is padded to max_state_dim, so any width up to it fits.
+        cams = {k: f for k, f in base.input_features.items() if f.type == FeatureType.VISUAL}
+        inputs = {**cams, **{k: f for k, f in ds_inputs.items() if f.type != FeatureType.VISUAL}}
+        base = dataclasses.replace(base, input_features=inputs, output_features=ds_outputs)
+        missing = [k for k in cams if k not in ds_inputs]
+        if len(missing) > base.empty_cameras:
+            extra = sorted(k for k, f in ds_inputs.items() if f.type == FeatureType.VISUAL and k not in cams)
             raise TrainingError(
-                f"the dataset does not provide the checkpoint's inputs {missing}; "
-                f"it has {extra or 'nothing else'}. Map the dataset's keys onto the checkpoint's with "
-                "--rename_map, e.g. "
-                f"--rename_map='{json.dumps(dict(zip(extra, missing, strict=False)))}'"
+                f"the dataset does not provide the checkpoint's cameras {missing} (it has "
+                f"{extra or 'no other camera'}). Map the dataset's keys onto the checkpoint's with "
+                f"--rename_map, e.g. --rename_map='{json.dumps(dict(zip(extra, missing, strict=False)))}', "
+                f"or let up to N cameras be absent with --policy.empty_cameras=N"
             )
-        for k, f in base.input_features.items():
-            if f.type != FeatureType.VISUAL and f.shape != ds_inputs[k].shape:
-                raise TrainingError(
-                    f"{k}: the checkpoint expects shape {f.shape}, the dataset has {ds_inputs[k].shape}"
-                )
-        return cfg.policy_config(base)
+        return base
     base = dataclasses.replace(
         preset(cfg.policy_preset), input_features=ds_inputs, output_features=ds_outputs
     )
@@ -192,8 +191,13 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     elif cfg.policy_path:
         policy = SmolVLAPolicy.from_pretrained(cfg.policy_path, **cfg.policy_overrides)
         policy = _with_config(policy, pcfg)
+        # The dataset's stats replace the checkpoint's (LeRobot's rule); its tokenizer settings are kept.
+        has_processors = (policy.pretrained_path / "policy_preprocessor.json").is_file()
         pre, post = make_pre_post_processors(
-            pcfg, pretrained_path=cfg.policy_path, dataset_stats=ds.stats, device=str(device)
+            pcfg,
+            pretrained_path=cfg.policy_path if has_processors else None,
+            dataset_stats=ds.stats,
+            device=str(device),
         )
     else:
         policy = SmolVLAPolicy.from_config(pcfg)
