@@ -198,6 +198,12 @@ def _dataset(argv: list[str]) -> None:
     dataset_main(argv)
 
 
+def _quickstart(argv: list[str]) -> None:
+    from smolvla.quickstart import main as quickstart_main
+
+    quickstart_main(argv)
+
+
 def _train(argv: list[str]) -> None:
     from smolvla.train.loop import main as train_main
 
@@ -212,6 +218,10 @@ def _eval(argv: list[str]) -> None:
 
 # Commands with LeRobot-style `--a.b=value` flags (argparse would mangle them): argv goes straight through.
 PASSTHROUGH = {
+    "quickstart": (
+        _quickstart,
+        "record Meta-World demos, train the tiny preset, evaluate: the whole loop on a CPU",
+    ),
     "train": (_train, "train or fine-tune a policy: --policy.path=... --dataset.repo_id=... --steps=N"),
     "eval": (_eval, "evaluate a policy in Meta-World: success per task and bucket, chart, videos"),
     "dataset": (_dataset, "look at a dataset: info DIR | show DIR --episode K --output F.mp4 | stats DIR"),
