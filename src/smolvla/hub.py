@@ -84,30 +84,15 @@ def resolve_dir(
     cache = hf_cache_dir()
     offline = hub_offline()
     problems: list[str] = []
+    common = {"repo_type": repo_type, "allow_patterns": allow_patterns, "cache_dir": cache}
     if not offline:
         try:
             endpoint = os.environ.get("HF_ENDPOINT") or None
-            return Path(
-                snapshot_download(
-                    name,
-                    repo_type=repo_type,
-                    allow_patterns=allow_patterns,
-                    cache_dir=cache,
-                    endpoint=endpoint,
-                )
-            )
+            return Path(snapshot_download(name, endpoint=endpoint, **common))
         except Exception as e:  # network down, repo missing, gated...: the cache may still have it
             problems.append(f"download failed ({_short(e)})")
     try:
-        return Path(
-            snapshot_download(
-                name,
-                repo_type=repo_type,
-                allow_patterns=allow_patterns,
-                cache_dir=cache,
-                local_files_only=True,
-            )
-        )
+        return Path(snapshot_download(name, local_files_only=True, **common))
     except Exception as e:
         problems.append(f"not in the local cache ({_short(e)})")
     mode = "offline mode (HF_HUB_OFFLINE=1)" if offline else "online"
