@@ -626,7 +626,9 @@ def _tiny() -> SmolVLAConfig:
         vlm_model_name=TINY_BACKBONE,
         num_vlm_layers=4,
         chunk_size=16,
-        n_action_steps=8,
+        # Executing the whole chunk scored best on the quickstart's tasks: 72 % vs 62 % with 8 or 4
+        # (same checkpoint, 10 episodes per task; README).
+        n_action_steps=16,
         max_state_dim=8,
         max_action_dim=8,
         resize_imgs_with_padding=(64, 64),
