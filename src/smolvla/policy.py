@@ -309,7 +309,7 @@ class SmolVLAPolicy(nn.Module):
             masks.append(
                 torch.ones(b, dtype=torch.bool, device=img.device) if m is None else m.bool().reshape(b)
             )
-        for _ in missing:  # placeholder cameras: all -1, masked out of attention
+        for _ in missing:  # empty cameras (config.empty_cameras): all -1, masked out of attention
             images.append(torch.full_like(images[-1], -1.0))
             masks.append(torch.zeros(b, dtype=torch.bool, device=images[-1].device))
         return images, masks

@@ -196,7 +196,7 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
     if len(cams) == 1:
         camera = cams[0]  # by position: the env's only camera feeds the policy's only camera
     elif CAMERA in cams and len(cams) - 1 <= config.empty_cameras:
-        camera = CAMERA  # the others are placeholders the policy masks out
+        camera = CAMERA  # the others are empty cameras (all -1) that the policy masks out
     else:
         raise ValueError(
             f"input_features: the policy expects cameras {cams} (empty_cameras={config.empty_cameras}), "
