@@ -12,8 +12,7 @@ needs numpy, pyarrow and PyAV but not torch; reading (`.dataset`) and `.augment`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from smolvla import lazy_exports
 
 try:
     import av  # noqa: F401
@@ -52,10 +51,7 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'smolvla.data' has no attribute {name!r}")
+__getattr__ = lazy_exports("smolvla.data", _EXPORTS)
 
 
 def __dir__() -> list[str]:
