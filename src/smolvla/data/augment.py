@@ -75,30 +75,12 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(-3)
-    h6 = (h % 1.0) * 6
-    i = torch.floor(h6)
-    f = h6 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.long() % 6
-    # (r, g, b) for each of the six sectors of the hue circle
-    table = torch.stack(
-        [
-            torch.stack([v, t, p], -3),
-            torch.stack([q, v, p], -3),
-            torch.stack([p, v, t], -3),
-            torch.stack([p, q, v], -3),
-            torch.stack([t, p, v], -3),
-            torch.stack([v, p, q], -3),
-        ],
-        0,
-    )  # [6, ..., 3, H, W]
-    idx = i.unsqueeze(-3).expand_as(table[0]).unsqueeze(0)
-    return table.gather(0, idx).squeeze(0)
-
-
-def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g))
+    """[..., 3, H, W] HSV (hue as a fraction of a turn) -> RGB, all three channels in one expression."""
+    h, s, v = x.unsqueeze(-3).unbind(-4)  # each [..., 1, H, W]
+    # channel c = v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n_c + 6h) mod 6 and n = (5, 3, 1) for RGB
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(3, 1, 1)
+    k = (n + h * 6) % 6
+    return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 class ImageAugment:
@@ -108,43 +90,77 @@ class ImageAugment:
         self.config = config if config is not None else AugmentConfig(enabled=True)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """img [..., 3, H, W]: one draw shared by every leading index (the frames of one item)."""
+        if not self.config.enabled:
+            return img
+        self._check(img, "")
+        return self.batch(img.unsqueeze(0), generator)[0]
+
+    def batch(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """imgs [B, ..., 3, H, W]: an independent draw per item, all items transformed at once.
+
+        Vectorized over the batch because a per-item Python loop costs a training step ~8 % at 64 px.
+        """
         c = self.config
         if not c.enabled:
-            return img
-        if img.ndim < 3 or img.shape[-3] != 3 or not img.is_floating_point():
-            raise ValueError(
-                f"ImageAugment: got {img.dtype} {tuple(img.shape)}, expected float [..., 3, H, W]"
-            )
-        lead, (h, w) = img.shape[:-3], img.shape[-2:]
-        x = img.reshape(-1, 3, h, w)
+            return imgs
+        self._check(imgs, "B, ")
+        b, (h, w) = imgs.shape[0], imgs.shape[-2:]
+        x = imgs.reshape(b, -1, 3, h, w)  # (B, T, 3, H, W)
+        t = x.shape[1]
         g = generator
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:  # (B, 1, 1, 1, 1), one value per item
+            return (lo + (hi - lo) * torch.rand(b, generator=g)).to(x.dtype).view(b, 1, 1, 1, 1)
+
         if c.crop_scale < 1:
-            s = _uniform(c.crop_scale, 1.0, g)
-            ch, cw = max(1, round(h * s)), max(1, round(w * s))
-            top = int(torch.randint(0, h - ch + 1, (), generator=g))
-            left = int(torch.randint(0, w - cw + 1, (), generator=g))
-            if (ch, cw) != (h, w):
-                x = x[..., top : top + ch, left : left + cw]
-                x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            # crop-then-resize is an affine map of the sampling grid: one grid_sample for the batch
+            s = c.crop_scale + (1 - c.crop_scale) * torch.rand(b, generator=g)
+            ch, cw = (h * s).round().clamp(min=1), (w * s).round().clamp(min=1)
+            top = (torch.rand(b, generator=g) * (h - ch + 1)).floor()
+            left = (torch.rand(b, generator=g) * (w - cw + 1)).floor()
+            theta = torch.zeros(b, 2, 3)
+            theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
+            theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+            grid = F.affine_grid(theta.to(x.dtype), [b, 3, h, w], align_corners=False)  # (B, H, W, 2)
+            x = F.grid_sample(
+                x.reshape(b * t, 3, h, w),
+                grid.repeat_interleave(t, 0),
+                mode="bilinear",
+                padding_mode="border",
+                align_corners=False,
+            ).reshape(b, t, 3, h, w)
         if c.max_shift > 0:
             m = c.max_shift
-            dy = int(torch.randint(0, 2 * m + 1, (), generator=g))
-            dx = int(torch.randint(0, 2 * m + 1, (), generator=g))
-            x = F.pad(x, (m, m, m, m), mode="replicate")[..., dy : dy + h, dx : dx + w]
+            dy = torch.randint(0, 2 * m + 1, (b,), generator=g)
+            dx = torch.randint(0, 2 * m + 1, (b,), generator=g)
+            padded = F.pad(x.reshape(b * t, 3, h, w), (m, m, m, m), mode="replicate")
+            padded = padded.reshape(b, t, 3, h + 2 * m, w + 2 * m)
+            rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+            cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+            x = padded[torch.arange(b)[:, None, None], :, :, rows, cols].permute(0, 3, 4, 1, 2)
         if c.brightness > 0:
-            x = (x * _uniform(1 - c.brightness, 1 + c.brightness, g)).clamp(0, 1)
+            x = (x * uniform(1 - c.brightness, 1 + c.brightness)).clamp(0, 1)
         if c.contrast > 0:
-            mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
-            x = ((x - mean) * _uniform(1 - c.contrast, 1 + c.contrast, g) + mean).clamp(0, 1)
+            mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)  # per frame
+            x = ((x - mean) * uniform(1 - c.contrast, 1 + c.contrast) + mean).clamp(0, 1)
         if c.saturation > 0:
             gray = _gray(x)
-            x = ((x - gray) * _uniform(1 - c.saturation, 1 + c.saturation, g) + gray).clamp(0, 1)
+            x = ((x - gray) * uniform(1 - c.saturation, 1 + c.saturation) + gray).clamp(0, 1)
         if c.hue > 0:
-            shift = _uniform(-c.hue, c.hue, g)
+            shift = uniform(-c.hue, c.hue)[:, :, 0]  # (B, 1, 1, 1)
             hsv = rgb_to_hsv(x)
-            hsv = torch.stack([(hsv[:, 0] + shift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+            hsv = torch.stack([(hsv[:, :, 0] + shift) % 1.0, hsv[:, :, 1], hsv[:, :, 2]], 2)
             x = hsv_to_rgb(hsv).clamp(0, 1)
-        return x.reshape(*lead, 3, h, w).contiguous()
+        return x.reshape(imgs.shape).contiguous()
+
+    @staticmethod
+    def _check(img: torch.Tensor, lead: str) -> None:
+        need = 4 if lead else 3
+        if img.ndim < need or img.shape[-3] != 3 or not img.is_floating_point():
+            raise ValueError(
+                f"ImageAugment: got {img.dtype} {tuple(img.shape)}, expected float [{lead}..., 3, H, W]"
+            )
 
     def __repr__(self) -> str:
         return f"ImageAugment({self.config})"

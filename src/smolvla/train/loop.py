@@ -375,7 +375,7 @@ def _augment(raw: dict, augment: Any, cameras: list[str], seed: int, gstep: int,
     g = torch.Generator().manual_seed(seed * 104_729 + gstep * 64 + rank)
     raw = dict(raw)
     for key in cameras:
-        raw[key] = torch.stack([augment(img, g) for img in raw[key]])
+        raw[key] = augment.batch(raw[key], g)
     return raw
 
 
