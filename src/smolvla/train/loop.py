@@ -120,7 +120,7 @@ def policy_config(cfg: TrainConfig, ds_inputs: dict, ds_outputs: dict) -> SmolVL
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """This process's share of a (seed, epoch) permutation, from batch `start` on.
+    """This process's share of the (seed, epoch) permutations, from batch `start` of `epoch` on, endless.
 
     The global batch k is permutation[k*G:(k+1)*G] (G = per-process batch x processes); process r takes
     its r-th slice, so the union over processes is exactly the single-process batch."""
@@ -135,15 +135,17 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return self.n // (self.batch * self.world)  # drop the last partial global batch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
+        # One endless stream across epochs, so one DataLoader (and its worker processes) serves the
+        # whole run: no worker restart and no empty prefetch queue at each epoch boundary.
         gb = self.batch * self.world
-        for k in range(self.start, self.batches_per_epoch()):
-            lo = k * gb + self.rank * self.batch
-            yield from perm[lo : lo + self.batch]
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch() - self.start) * self.batch
+        epoch, start = self.epoch, self.start
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+            for k in range(start, self.batches_per_epoch()):
+                lo = k * gb + self.rank * self.batch
+                yield from perm[lo : lo + self.batch]
+            epoch, start = epoch + 1, 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,29 +228,28 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         post.save(folder)
         (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    def loader(epoch: int, start: int) -> torch.utils.data.DataLoader:
-        sampler = EpochSampler(len(ds), cfg.batch_size, rank, world, cfg.seed, epoch, start)
-        if sampler.batches_per_epoch() == 0:
-            raise TrainingError(
-                f"--batch_size {cfg.batch_size} x {world} processes is larger than the dataset "
-                f"({len(ds)} frames)"
-            )
-        return torch.utils.data.DataLoader(
+    sampler = EpochSampler(len(ds), cfg.batch_size, rank, world, cfg.seed, epoch, batch_in_epoch)
+    per_epoch = sampler.batches_per_epoch()
+    if per_epoch == 0:
+        raise TrainingError(
+            f"--batch_size {cfg.batch_size} x {world} processes is larger than the dataset ({len(ds)} frames)"
+        )
+    it = iter(
+        torch.utils.data.DataLoader(
             ds,
             batch_size=cfg.batch_size,
             sampler=sampler,
             num_workers=cfg.num_workers,
             drop_last=True,
-            persistent_workers=False,
             pin_memory=device.type == "cuda",
         )
+    )
 
     metrics_file = out / "metrics.jsonl"
     logger = _Logger(out, cfg, enabled=rank == 0)
     bar = tqdm(
         total=cfg.steps, initial=step, disable=not (progress and rank == 0), unit="step", dynamic_ncols=True
     )
-    it = iter(loader(epoch, batch_in_epoch))
     window: list[float] = []
     t_window, samples_window = time.perf_counter(), 0
     t_start = time.perf_counter()
@@ -256,12 +257,9 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for micro in range(cfg.grad_accum_steps):
-            try:
-                raw = next(it)
-            except StopIteration:
+            if batch_in_epoch >= per_epoch:  # the sampler's stream has moved on to the next epoch
                 epoch, batch_in_epoch = epoch + 1, 0
-                it = iter(loader(epoch, 0))
-                raw = next(it)
+            raw = next(it)
             batch_in_epoch += 1
             gstep = step * cfg.grad_accum_steps + micro
             raw = _augment(raw, augment, ds.camera_keys, cfg.seed, gstep, rank) if augment else raw
