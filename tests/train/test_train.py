@@ -182,6 +182,14 @@ def test_nan_loss_stops_with_step_and_episodes(dataset, tmp_path):
         (["--policy.preset=micro"], "--dataset.repo_id is required"),
         (["--dataset.repo_id=x", "--policy.preset=micro", "--env.type=libero"], "--env.type: got 'libero'"),
         (["--dataset.repo_id=x", "--policy.type=act"], "--policy.type: got 'act'"),
+        (
+            ["--dataset.repo_id=x", "--policy.preset=micro", "--dataset.augment_crop_scale=0"],
+            r"--dataset.augment_crop_scale: got 0.0, expected a number in \(0, 1\]",
+        ),
+        (
+            ["--dataset.repo_id=x", "--policy.preset=micro", "--dataset.augment_max_shift=1.5"],
+            "--dataset.augment_max_shift: got '1.5', expected an integer",
+        ),
     ],
 )
 def test_bad_flags(argv, match):
@@ -207,3 +215,18 @@ def test_config_file_and_flags(tmp_path):
     path.write_text(json.dumps(cfg.to_dict()))
     again = parse_args([f"--config_path={path}", "--steps=9"])
     assert again == dataclasses.replace(cfg, steps=9)
+
+
+def test_augmentation_flags_reach_the_augmenter():
+    cfg = parse_args(
+        [
+            "--dataset.repo_id=x",
+            "--policy.preset=micro",
+            "--dataset.augment=true",
+            "--dataset.augment_max_shift=1",
+            "--dataset.augment_crop_scale=1",
+        ]
+    )
+    aug = cfg.dataset.augment_config()
+    assert (aug.enabled, aug.max_shift, aug.crop_scale) == (True, 1, 1.0)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # saved with checkpoints

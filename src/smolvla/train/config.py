@@ -12,10 +12,13 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smolvla.config import PRESETS, SmolVLAConfig
 from smolvla.io import read_json_object
+
+if TYPE_CHECKING:
+    from smolvla.data.augment import AugmentConfig
 
 
 class FlagError(ValueError):
@@ -26,7 +29,17 @@ class FlagError(ValueError):
 class DatasetConfig:
     repo_id: str = ""  # a local folder or a hub repo id
     episodes: tuple[int, ...] | None = None  # None: all
-    augment: bool = False  # image augmentation (smolvla.data.augment defaults)
+    augment: bool = False  # image augmentation (smolvla.data.augment)
+    augment_max_shift: int | None = None  # pixels; None: AugmentConfig's default
+    augment_crop_scale: float | None = None  # side fraction kept by random crops; 1 disables them
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation this dataset config asks for (validated by AugmentConfig)."""
+        from smolvla.data.augment import AugmentConfig
+
+        changes = {"max_shift": self.augment_max_shift, "crop_scale": self.augment_crop_scale}
+        base = AugmentConfig(enabled=self.augment)
+        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,11 @@ class TrainConfig:
             raise bad("eval_freq", self.eval_freq, "a non-negative integer (0: no evaluation)")
         if self.num_workers < 0:
             raise bad("num_workers", self.num_workers, "a non-negative integer")
+        try:
+            self.dataset.augment_config()
+        except ValueError as e:  # "AugmentConfig.<field>: ..." -> the flag the user typed
+            name, _, rest = str(e).removeprefix("AugmentConfig.").partition(":")
+            raise FlagError(f"--dataset.augment_{name}:{rest}") from None
         if self.precision not in ("auto", "fp32", "bf16"):
             raise bad("precision", self.precision, "'auto', 'fp32' or 'bf16'")
         if self.env.type not in (None, "metaworld"):
@@ -141,6 +159,8 @@ _FLAGS: dict[str, tuple[tuple[str, ...], type]] = {
     "dataset.episodes": (("dataset", "episodes"), list),
     "dataset.augment": (("dataset", "augment"), bool),
     "dataset.image_transforms.enable": (("dataset", "augment"), bool),  # LeRobot's name for it
+    "dataset.augment_max_shift": (("dataset", "augment_max_shift"), int),
+    "dataset.augment_crop_scale": (("dataset", "augment_crop_scale"), float),
     "rename_map": (("rename_map",), dict),
     "env.type": (("env", "type"), str),
     "env.task": (("env", "task"), str),
@@ -177,6 +197,10 @@ def _parse_value(flag: str, raw: str, kind: type) -> Any:
         raise FlagError(f"--{flag}: could not parse {raw!r} as {kind.__name__} (JSON)") from None
     if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
         raise FlagError(f"--{flag}: got {raw!r}, expected an integer")
+    if kind is float:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise FlagError(f"--{flag}: got {raw!r}, expected a number")
+        v = float(v)
     if kind in (list, dict) and not isinstance(v, kind):
         raise FlagError(f"--{flag}: got {raw!r}, expected a JSON {kind.__name__}")
     return v

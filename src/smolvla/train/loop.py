@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from smolvla.config import ACTION, ACTION_IS_PAD, OBS_STATE, FeatureType, PolicyFeature, SmolVLAConfig, preset
+from smolvla.hardware import native_bf16
 from smolvla.policy import SmolVLAPolicy
 from smolvla.train.config import TrainConfig, default_output_dir
 from smolvla.train.optim import make_optimizer, make_scheduler
@@ -56,12 +57,8 @@ def _device(cfg: TrainConfig) -> torch.device:
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast: 'auto' uses it on CUDA GPUs that support it; 'bf16' asks for it anywhere."""
-    if cfg.precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if cfg.precision == "bf16":
+    """bf16 autocast: 'auto' uses it where bf16 runs in hardware (see `native_bf16`); 'bf16' anywhere."""
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16(device)):
         return torch.bfloat16
     return None
 
@@ -157,7 +154,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 
     `stop_at`: checkpoint and stop after that step, as an interrupted run would (`--resume=true` goes
     on): for time-boxed sessions, and for the test that resuming is exact."""
-    from smolvla.data import AugmentConfig, ImageAugment, LeRobotDataset
+    from smolvla.data import ImageAugment, LeRobotDataset
     from smolvla.processing import make_pre_post_processors
 
     rank, world = _dist()
@@ -218,7 +215,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         model = torch.nn.parallel.DistributedDataParallel(
             policy, device_ids=[device.index] if device.type == "cuda" else None
         )
-    augment = ImageAugment(AugmentConfig(enabled=True)) if cfg.dataset.augment else None
+    augment = ImageAugment(cfg.dataset.augment_config()) if cfg.dataset.augment else None
     amp = _autocast_dtype(cfg, device)
     params = [p for p in policy.parameters() if p.requires_grad]
 
