@@ -100,7 +100,7 @@ class PolicyClient:
     def _recv(self) -> Any:
         msg = self._ws.recv()
         if isinstance(msg, str):
-            raise ServerError(msg)
+            raise ServerError(f"the policy server refused the request: {msg.removeprefix('error: ')}")
         try:
             return unpackb(msg, self.limits)
         except ProtocolError as e:
@@ -208,6 +208,7 @@ class RobotClient:
         self._state_offset = np.asarray(norm["offset"], np.float64) if norm else None
         self._state_scale = np.asarray(norm["scale"], np.float64) if norm else None
         self._n_action_steps = int(meta.get("n_action_steps") or 0) or None
+        self._max_delay = int((meta.get("observation") or {}).get("max_inference_delay") or 1024)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self.stats = ClientStats()
@@ -317,14 +318,14 @@ class RobotClient:
         if STATE_KEY in req:
             req[STATE_KEY] = np.asarray(req[STATE_KEY], np.float32)
         if self._latency_ewma is not None:  # RTC's d: the steps that run before this answer arrives
-            req["inference_delay"] = int(min(math.ceil(self._latency_ewma * self.config.fps), 1024))
+            req["inference_delay"] = min(math.ceil(self._latency_ewma * self.config.fps), self._max_delay)
         return req
 
     def tick(self) -> TimedAction | None:
         """One control step: execute the next queued action (if any), then maybe send an observation.
         Returns the executed action."""
         if self._error is not None:
-            raise ServerError(f"policy server: {self._error}") from self._error
+            raise ServerError(str(self._error)) from self._error
         if self.config.mode == "sync":
             return self._tick_sync()
         with self._lock:
