@@ -88,13 +88,15 @@ class PolicyClient:
         self.url = url if url.startswith(("ws://", "wss://")) else f"ws://{url}"
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
         self.limits = limits
+        # __enter__ gives the open connection both from websockets < 17 (connect returns it) and from
+        # later versions (connect returns a context manager).
         self._ws = websockets.sync.client.connect(
             self.url,
             compression=None,
             max_size=limits.max_message_bytes,
             additional_headers=headers,
             open_timeout=open_timeout,
-        )
+        ).__enter__()
         self.metadata: dict[str, Any] = self._recv()
 
     def _recv(self) -> Any:
