@@ -59,3 +59,18 @@ def test_guidance_pulls_the_frozen_prefix_toward_the_previous_chunk(micro_policy
     assert err_guided < 0.8 * err_free
     with pytest.raises(ValueError, match=r"prev_chunk: got shape \(2, 9, 2\)"):
         sample_actions_rtc(micro_policy, batch, torch.zeros(2, 9, a), 0)
+
+
+def test_real_time_chunker_guides_toward_the_unexecuted_rest(micro_policy, micro_cfg):
+    from smolvla.model.rtc import RealTimeChunker
+
+    batch = make_batch(micro_cfg, b=1)
+    rtc = RealTimeChunker(micro_policy, RTCConfig(execution_horizon=4))
+    first = rtc.sample(batch, timestep=10)
+    assert rtc.last_prefix_len == 0
+    torch.testing.assert_close(rtc.remainder(11), first[:, 1:])
+    assert rtc.remainder(9) is None and rtc.remainder(10 + micro_cfg.chunk_size) is None
+    rtc.sample(batch, timestep=12, inference_delay=1)
+    assert rtc.last_prefix_len == micro_cfg.chunk_size - 2 and rtc.prev_timestep == 12
+    rtc.reset()
+    assert rtc.remainder(12) is None

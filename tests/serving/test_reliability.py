@@ -60,7 +60,7 @@ def test_concurrent_clients_get_every_chunk_once_in_order(server, micro_engine):
         assert [r["timestep"] for r in out] == list(range(N_REQUESTS))
         obs, _ = micro_engine.spec.validate(micro_obs(c))
         for i, r in enumerate(out):
-            expected = micro_engine.infer(obs, seed=1000 * c + i)[0]
+            expected = micro_engine.infer(obs, seed=1000 * c + i)
             np.testing.assert_allclose(r["actions"], expected, rtol=0, atol=1e-5)
     rtt = np.array([r["rtt_ms"] for out in replies.values() for r in out])
     infer = np.array([r["server_timing"]["infer_ms"] for out in replies.values() for r in out])

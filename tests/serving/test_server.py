@@ -157,7 +157,7 @@ def test_seeded_answers_are_reproducible(server, micro_engine):
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     obs, _ = micro_engine.spec.validate(micro_obs())
-    np.testing.assert_allclose(micro_engine.infer(obs, seed=5)[0], a, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(micro_engine.infer(obs, seed=5), a, rtol=0, atol=1e-6)
 
 
 def test_frames_are_letterboxed_as_in_sync_inference_not_squashed(micro_engine):
@@ -167,7 +167,7 @@ def test_frames_are_letterboxed_as_in_sync_inference_not_squashed(micro_engine):
     frame = rng.integers(0, 256, (16, 40, 3), dtype=np.uint8)  # wide, unlike the 16x16 config
     msg = {**micro_obs(), "observation.images.camera1": frame}
     obs, _ = micro_engine.spec.validate(msg)
-    served = micro_engine.infer(obs, seed=3)[0]
+    served = micro_engine.infer(obs, seed=3)
 
     cfg = micro_engine.policy.config
     noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(3))

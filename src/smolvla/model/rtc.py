@@ -150,3 +150,47 @@ def sample_actions_rtc(
             v = v.detach() - guidance_weight(t_val, config.max_guidance_weight) * correction
         x = x + dt * v
     return x[:, :, :a]
+
+
+class RealTimeChunker:
+    """RTC for one action stream (one robot, one episode): remembers the last chunk and the control step
+    its first action was for, and guides the next chunk toward the part of it not yet executed.
+
+        rtc = RealTimeChunker(policy, RTCConfig())
+        chunk = rtc.sample(batch, timestep=t, inference_delay=d)  # normalized (1, chunk_size, A)
+
+    `timestep`: the control step the new chunk's first action is for (the step of the observation);
+    `inference_delay`: how many steps run before the new chunk arrives. Call `reset()` between episodes.
+    """
+
+    def __init__(self, policy: Any, config: RTCConfig = RTCConfig()) -> None:
+        self.policy, self.config = policy, config
+        self.reset()
+
+    def reset(self) -> None:
+        self.prev_chunk: torch.Tensor | None = None  # (B, chunk_size, A), normalized
+        self.prev_timestep: int | None = None
+        self.last_prefix_len = 0  # actions of the last chunk the latest sample was guided toward
+
+    def remainder(self, timestep: int | None) -> torch.Tensor | None:
+        """The last chunk from `timestep` on, or None (no last chunk, no timestep, no overlap)."""
+        if self.prev_chunk is None or timestep is None or self.prev_timestep is None:
+            return None
+        offset = timestep - self.prev_timestep
+        if not 0 <= offset < self.prev_chunk.shape[1]:
+            return None
+        return self.prev_chunk[:, offset:]
+
+    def sample(
+        self,
+        batch: dict[str, Any],
+        timestep: int | None,
+        inference_delay: int = 0,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        prev = self.remainder(timestep)
+        chunk = sample_actions_rtc(self.policy, batch, prev, inference_delay, self.config, noise=noise)
+        if timestep is not None:
+            self.prev_chunk, self.prev_timestep = chunk.detach(), timestep
+        self.last_prefix_len = 0 if prev is None else int(prev.shape[1])
+        return chunk

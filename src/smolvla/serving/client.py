@@ -135,6 +135,9 @@ class TimedAction:
     timestep: int  # the control step it is for
     action: np.ndarray
     chunk: int  # which received chunk it came from (the latest one when merged)
+    # The action queued for this step before this chunk was merged in: what the previous chunk planned
+    # (how far the robot's plan moved at a chunk switch; what RTC keeps small).
+    replaced: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -281,10 +284,12 @@ class RobotClient:
                 if ts <= self._latest:  # already executed (or skipped) while the chunk was computed
                     self.stats.dropped_stale += 1
                     continue
+                replaced = None
                 if ts in queued:
-                    action = self.aggregate(queued[ts].action, action)
+                    replaced = queued[ts].action
+                    action = self.aggregate(replaced, action)
                     self.stats.aggregated += 1
-                merged.append(TimedAction(ts, action, chunk))
+                merged.append(TimedAction(ts, action, chunk, replaced))
             # Queued actions the new chunk does not cover are dropped, as in LeRobot.
             self._queue = merged
             latency = time.monotonic() - sent_at

@@ -45,16 +45,23 @@ EVAL_SEED_BASE = 1_000_000  # as smolvla.envs.record: seeds no recording used
 
 
 def boundary_jumps(log: list[Any]) -> dict[str, float | int | None]:
-    """Mean L2 size of the action change where the executed chunk changes (a boundary) and inside a
-    chunk. A boundary much larger than a step inside a chunk is a jump of the arm."""
-    boundary, inside = [], []
+    """How the executed actions change where the executed chunk changes (a boundary) versus inside a
+    chunk: the mean L2 action change at boundaries and inside chunks, and the switch gap, the mean and
+    largest L2 distance at a boundary between the action executed and the one the previous chunk had
+    planned for that step. A boundary change well above the inside step, or a large switch gap, is a
+    jump of the arm."""
+    boundary, inside, gaps = [], [], []
     for prev, cur in itertools.pairwise(log):
         d = float(np.linalg.norm(np.asarray(cur.action) - np.asarray(prev.action)))
         (boundary if cur.chunk != prev.chunk else inside).append(d)
+        if cur.chunk != prev.chunk and cur.replaced is not None:
+            gaps.append(float(np.linalg.norm(np.asarray(cur.action) - np.asarray(cur.replaced))))
     return {
         "boundaries": len(boundary),
         "boundary_jump": float(np.mean(boundary)) if boundary else None,
         "inside_step": float(np.mean(inside)) if inside else None,
+        "switch_gap": float(np.mean(gaps)) if gaps else None,
+        "switch_gap_max": float(np.max(gaps)) if gaps else None,
     }
 
 
@@ -138,10 +145,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": len(ok) / len(rows) if rows else 0.0,
         "completion_s_successes": _mean(ok, "completion_s"),
         "completion_s_all": _mean(rows, "completion_s"),
+        "steps_successes": _mean(ok, "steps"),
         "actions_per_s": _mean(rows, "actions_per_s"),
         "waiting_fraction": _mean(rows, "waiting_fraction"),
         "boundary_jump": _mean(rows, "boundary_jump"),
         "inside_step": _mean(rows, "inside_step"),
+        "switch_gap": _mean(rows, "switch_gap"),
+        "switch_gap_max": max(
+            (r["switch_gap_max"] for r in rows if r.get("switch_gap_max") is not None), default=None
+        ),
         "latency_ms_p50": _mean(rows, "latency_ms_p50"),
     }
 
@@ -269,17 +281,17 @@ def table(report: dict[str, Any]) -> str:
         return "-" if v is None else format(v, spec)
 
     lines = [
-        "| mode | success | completion time (s, successes) | actions/s | robot waiting "
-        "| boundary jump | step in chunk |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | success | completion time (s, successes) | steps | actions/s | robot waiting "
+        "| boundary jump | step in chunk | switch gap (mean / max) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for v, s in report["summary"].items():
         lines.append(
             f"| {v} | {s['success_rate']:.0%} ({s['episodes']} ep.) "
-            f"| {f(s['completion_s_successes'], '.2f')} | "
+            f"| {f(s['completion_s_successes'], '.2f')} | {f(s['steps_successes'], '.0f')} | "
             f"{f(s['actions_per_s'], '.1f')} | {f(s['waiting_fraction'], '.0%')} "
             f"| {f(s['boundary_jump'], '.3f')} | "
-            f"{f(s['inside_step'], '.3f')} |"
+            f"{f(s['inside_step'], '.3f')} | {f(s['switch_gap'], '.3f')} / {f(s['switch_gap_max'], '.2f')} |"
         )
     return "\n".join(lines)
 

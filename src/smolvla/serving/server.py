@@ -46,7 +46,7 @@ import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
 from smolvla.config import OBS_STATE
-from smolvla.model.rtc import SCHEDULES, RTCConfig, sample_actions_rtc
+from smolvla.model.rtc import SCHEDULES, RealTimeChunker, RTCConfig
 from smolvla.serving.protocol import (
     CONTROL_KEY,
     Limits,
@@ -151,11 +151,12 @@ class InferenceEngine:
         self,
         obs: dict[str, Any],
         seed: int | None = None,
-        prev_chunk: torch.Tensor | None = None,
+        rtc: RealTimeChunker | None = None,
+        timestep: int | None = None,
         inference_delay: int = 0,
-    ) -> tuple[np.ndarray, torch.Tensor]:
-        """(actions [chunk_size, action_dim] float32, the normalized chunk for RTC). `obs` is validated
-        by `self.spec`. `prev_chunk` (normalized, [L, action_dim]) guides the chunk when RTC is on."""
+    ) -> np.ndarray:
+        """Actions [chunk_size, action_dim] float32 for an observation validated by `self.spec`. With
+        `rtc` (one per connection) the chunk is guided toward that stream's last chunk."""
         t0 = time.perf_counter()
         cfg = self.policy.config
         batch = self._batch(obs)
@@ -163,39 +164,29 @@ class InferenceEngine:
         if seed is not None:
             g = torch.Generator().manual_seed(seed)
             noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g).to(self.device)
-        if self.rtc is not None:
-            prev = None if prev_chunk is None else prev_chunk[None]
-            chunk = sample_actions_rtc(self.policy, batch, prev, inference_delay, self.rtc, noise=noise)
+        if rtc is not None:
+            chunk = rtc.sample(batch, timestep, inference_delay, noise=noise)
         else:
             chunk = self.policy.predict_action_chunk(batch, noise)
         actions = self.post(chunk)[0].float().cpu().numpy().astype(np.float32)
         if self.latency:  # stands in for a slower model or device; see `smolvla deploy --latency`
             time.sleep(max(0.0, self.latency - (time.perf_counter() - t0)))
-        return actions, chunk[0].detach().cpu()
+        return actions
 
 
 @dataclass
 class _Connection:
     id: int
     peer: str
+    rtc: RealTimeChunker | None = None  # this connection's last chunk, when RTC is on
     requests: int = 0
     errors: int = 0
-    prev_chunk: torch.Tensor | None = None  # normalized, for RTC
-    prev_timestep: int | None = None
     prev_total_ms: float | None = None
 
     def reset(self) -> None:
-        self.prev_chunk = self.prev_timestep = self.prev_total_ms = None
-
-    def rtc_prefix(self, timestep: int | None) -> torch.Tensor | None:
-        """The part of the previous chunk from `timestep` on (not yet executed when the observation
-        was taken), or None when timesteps are not given or do not overlap."""
-        if self.prev_chunk is None or timestep is None or self.prev_timestep is None:
-            return None
-        offset = timestep - self.prev_timestep
-        if not 0 <= offset < self.prev_chunk.shape[0]:
-            return None
-        return self.prev_chunk[offset:]
+        self.prev_total_ms = None
+        if self.rtc is not None:
+            self.rtc.reset()
 
 
 @dataclass(frozen=True)
@@ -265,7 +256,8 @@ class PolicyServer:
     # -- one connection -----------------------------------------------------------------------------
 
     async def _handler(self, ws: ServerConnection) -> None:
-        conn = _Connection(next(self._ids), str(ws.remote_address))
+        rtc = RealTimeChunker(self.engine.policy, self.engine.rtc) if self.engine.rtc is not None else None
+        conn = _Connection(next(self._ids), str(ws.remote_address), rtc)
         self.stats.connections += 1
         log.info("connection %d from %s", conn.id, conn.peer)
         try:
@@ -305,18 +297,18 @@ class PolicyServer:
             await self._error(ws, conn, str(e))
             return
         timestep = fields.get("timestep")
-        prev = conn.rtc_prefix(timestep) if self.engine.rtc is not None else None
         loop = asyncio.get_running_loop()
         queued = time.perf_counter()
         self._inflight += 1
         try:
             started: list[float] = []
 
-            def run() -> tuple[np.ndarray, torch.Tensor]:
+            def run() -> np.ndarray:
                 started.append(time.perf_counter())
-                return self.engine.infer(obs, fields.get("seed"), prev, fields.get("inference_delay", 0))
+                delay = fields.get("inference_delay", 0)
+                return self.engine.infer(obs, fields.get("seed"), conn.rtc, timestep, delay)
 
-            actions, chunk = await loop.run_in_executor(self._executor, run)
+            actions = await loop.run_in_executor(self._executor, run)
         except Exception as e:  # the policy refused this input (e.g. a processor check): say why, go on
             log.debug("inference failed: %s", traceback.format_exc())
             await self._error(ws, conn, f"{type(e).__name__}: {e}")
@@ -328,8 +320,6 @@ class PolicyServer:
         self.stats.requests += 1
         infer_ms = (done - started[0]) * 1000
         self.stats.infer_ms.append(infer_ms)
-        if timestep is not None:
-            conn.prev_chunk, conn.prev_timestep = chunk, timestep
         timing = {
             "infer_ms": infer_ms,
             "queue_ms": (started[0] - queued) * 1000,
@@ -345,8 +335,8 @@ class PolicyServer:
         for k in ("timestep", "request_id"):
             if k in fields:
                 reply[k] = fields[k]
-        if prev is not None:
-            reply["rtc_prefix_len"] = int(prev.shape[0])
+        if conn.rtc is not None and conn.rtc.last_prefix_len:
+            reply["rtc_prefix_len"] = conn.rtc.last_prefix_len
         await ws.send(packb(reply))
         conn.prev_total_ms = (time.perf_counter() - t0) * 1000
 
