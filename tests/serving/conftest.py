@@ -27,6 +27,16 @@ def save_checkpoint(name: str, folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The micro models run thousands of tiny ops; on a loaded machine two intra-op threads waiting
+    on each other make every op wait for a scheduler slot. One thread keeps these tests fast."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def micro_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint("micro", tmp_path_factory.mktemp("micro_ckpt"))

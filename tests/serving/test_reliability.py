@@ -120,17 +120,20 @@ def _healthy(url: str, seed: int = 0) -> None:
 
 
 def test_misbehaving_clients_do_not_disturb_the_others(micro_engine):
-    config = ServerConfig(port=0, idle_timeout=3.0, max_message_bytes=8 * 2**20)
+    config = ServerConfig(port=0, idle_timeout=4.0, max_message_bytes=8 * 2**20)
     with ServerThread(PolicyServer(micro_engine, config)) as st:
         port = st.server.port
-        good = PolicyClient(st.url)  # one well-behaved client, connected throughout
+        url = st.url
+
+        def good(seed: int) -> None:  # a well-behaved client, served whatever the others do
+            _healthy(url, seed)
 
         # 1. disconnects in the middle of a message
         s = _raw_handshake(port)
         payload = packb(micro_obs())
         s.sendall(_frame_header(len(payload)) + payload[: len(payload) // 2])
         s.close()
-        assert good.infer(micro_obs())["actions"].shape == (4, 2)
+        good(0)
 
         # 2. garbage: random bytes as a message (an error answer), and not even WebSocket
         with websockets.sync.client.connect(st.url) as ws:
@@ -140,7 +143,7 @@ def test_misbehaving_clients_do_not_disturb_the_others(micro_engine):
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         raw.sendall(os.urandom(4096))
         raw.close()
-        assert good.infer(micro_obs(1))["actions"].shape == (4, 2)
+        good(1)
 
         # 3. a 100 MB frame: refused from its header (1009, message too big), never buffered
         with websockets.sync.client.connect(st.url, max_size=None) as ws:
@@ -149,7 +152,7 @@ def test_misbehaving_clients_do_not_disturb_the_others(micro_engine):
                 ws.send(b"\0" * (100 * 2**20))
                 ws.recv(timeout=10)
             assert (e.value.rcvd or e.value.sent).code == 1009
-        assert good.infer(micro_obs(2))["actions"].shape == (4, 2)
+        good(2)
 
         # 4. stalls: one sends half a frame and waits, one never sends; others are served meanwhile
         stalled = _raw_handshake(port)
@@ -161,13 +164,12 @@ def test_misbehaving_clients_do_not_disturb_the_others(micro_engine):
             t.start()
         for t in threads:
             t.join(timeout=60)
-        assert good.infer(micro_obs(3))["actions"].shape == (4, 2)
+        good(3)
         # the idle timeout frees the stalled connections
         with pytest.raises(ConnectionClosed) as e:
             silent.recv(timeout=10)
         assert e.value.rcvd.code == 1008
         assert _server_frames(stalled) == [(0x2, None), (0x8, 1008)]  # metadata, then closed as idle
         stalled.close()
-        good.close()
         stats = st.server.stats
         assert stats.errors >= 1 and stats.requests >= 8

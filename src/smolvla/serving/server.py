@@ -458,6 +458,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rtc.execution_horizon", dest="rtc_horizon", type=int, default=10)
     p.add_argument("--rtc.max_guidance_weight", dest="rtc_beta", type=float, default=10.0)
     p.add_argument("--rtc.schedule", dest="rtc_schedule", default="linear", choices=SCHEDULES)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -478,6 +479,10 @@ def main(argv: list[str] | None = None) -> None:
             args.host,
             "" if api_key else " WITHOUT an API key",
         )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: got {args.threads}, expected a positive integer")
+        torch.set_num_threads(args.threads)
     rtc = RTCConfig(args.rtc_horizon, args.rtc_beta, args.rtc_schedule) if args.rtc else None
     engine = InferenceEngine.load(
         args.policy_path, args.device, args.num_steps, rtc=rtc, latency=args.latency
