@@ -40,17 +40,24 @@ def test_argument_errors_name_the_flag():
 def test_deploy_sim_end_to_end(tiny_ckpt, tmp_path, capsys):
     pytest.importorskip("metaworld")
     from smolvla.cli import main
+    from smolvla.model.rtc import RTCConfig
+    from smolvla.serving.server import InferenceEngine, PolicyServer, ServerConfig, ServerThread
 
-    argv = [
-        "deploy", "sim", f"--policy.path={tiny_ckpt}", "--env.task=drawer-close-v3",
-        "--env.max_episode_steps", "12", "--episodes", "1", "--mode", "sync,async,async+rtc",
-        "--fps", "100", "--latency", "0.02", "--output_dir", str(tmp_path),
-    ]  # fmt: skip
-    assert main(argv) == 0
+    # An in-process server (`--server`) keeps the test fast; `smolvla serve` as a process is tested
+    # in test_server.py.
+    engine = InferenceEngine.load(str(tiny_ckpt), rtc=RTCConfig(), latency=0.02)
+    with ServerThread(PolicyServer(engine, ServerConfig(port=0))) as st:
+        argv = [
+            "deploy", "sim", f"--policy.path={tiny_ckpt}", "--env.task=drawer-close-v3",
+            "--env.max_episode_steps", "12", "--episodes", "1", "--mode", "sync,async,async+rtc",
+            "--fps", "100", "--server", st.url, "--output_dir", str(tmp_path),
+        ]  # fmt: skip
+        assert main(argv) == 0
     report = json.loads((tmp_path / "deploy_report.json").read_text())
     assert set(report["summary"]) == {"sync", "async", "async+rtc"}
     for variant, rows in report["episodes"].items():
         (row,) = rows
-        assert row["steps"] == 12 and row["chunks"] >= 1, variant
+        assert row["steps"] == 12 or (row["success"] and row["steps"] < 12), variant  # ran to its end
+        assert row["chunks"] >= 1, variant
         assert row["actions_per_s"] > 0 and 0 <= row["waiting_fraction"] <= 1
     assert "| async+rtc |" in capsys.readouterr().out

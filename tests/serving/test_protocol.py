@@ -131,7 +131,7 @@ def test_fuzz_random_bytes(data):
     _decode_cleanly(data)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     st.lists(
         st.tuples(
@@ -173,13 +173,13 @@ structures = st.recursive(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(structures)
 def test_fuzz_structures_round_trip_or_fail_cleanly(obj):
     assert unpackb(packb(obj)) == obj
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=30), structures, max_size=6))
 def test_fuzz_observation_validation_raises_only_protocol_errors(msg):
     spec = ObservationSpec(cameras=("observation.images.camera1",), state_dim=3)
