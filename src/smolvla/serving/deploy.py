@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate", default="weighted_average", choices=list(AGGREGATE_FUNCTIONS))
     p.add_argument("--similarity_atol", type=float, default=0.01)
     p.add_argument(
-        "--server", default=None, help="an already running server's URL (then --latency is its own)"
+        "--server", default=None, help="a running server's URL (its own --latency and --rtc apply)"
     )
     p.add_argument("--output_dir", default="outputs/deploy")
     p.add_argument("--video", action="store_true", help="an MP4 of each variant's first episode")
