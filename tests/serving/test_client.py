@@ -202,3 +202,15 @@ def test_server_errors_surface_in_the_control_loop():
         client.wait_idle()
         with pytest.raises(ServerError, match=r"observation\.state: shape"):
             client.tick()
+
+
+def test_an_answer_for_another_timestep_is_refused():
+    class Confused(PlanningPolicy):
+        def infer(self, obs):
+            return {**super().infer(obs), "timestep": obs["timestep"] + 1}
+
+    with RobotClient(CountingRobot(), Confused(), RobotClientConfig()) as client:
+        client.tick()
+        client.wait_idle()
+        with pytest.raises(ServerError, match="answer for timestep 1, expected the one sent, 0"):
+            client.tick()

@@ -264,13 +264,16 @@ class RobotClient:
                 self._pending = None
             try:
                 reply = self.policy.infer(request)
+                self._merge(reply, timestep, sent_at)
             except BaseException as e:  # surfaced in the control thread at its next tick
                 with self._wake:
                     self._error, self._inflight = e, False
                 return
-            self._merge(reply, timestep, sent_at)
 
     def _merge(self, reply: dict[str, Any], timestep: int, sent_at: float) -> None:
+        echoed = reply.get("timestep", timestep)
+        if echoed != timestep:  # the answer to another observation: merging it would misplace actions
+            raise ServerError(f"answer for timestep {echoed!r}, expected the one sent, {timestep}")
         actions = self._actions(reply)
         if actions.shape[0] > 0:
             self._chunk_size = max(self._chunk_size, actions.shape[0])
