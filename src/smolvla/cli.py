@@ -204,6 +204,18 @@ def _quickstart(argv: list[str]) -> None:
     quickstart_main(argv)
 
 
+def _serve(argv: list[str]) -> None:
+    from smolvla.serving.server import main as serve_main
+
+    serve_main(argv)
+
+
+def _deploy(argv: list[str]) -> None:
+    from smolvla.serving.deploy import main as deploy_main
+
+    deploy_main(argv)
+
+
 def _train(argv: list[str]) -> None:
     from smolvla.train.loop import main as train_main
 
@@ -228,6 +240,11 @@ PASSTHROUGH = {
     "record": (
         _record,
         "record demonstrations into a LeRobotDataset: record metaworld --tasks ... --output DIR",
+    ),
+    "serve": (_serve, "serve a policy over WebSocket (openpi's protocol): --policy.path=DIR --port 8000"),
+    "deploy": (
+        _deploy,
+        "drive the Meta-World robot through the server in real time: deploy sim --mode sync,async",
     ),
 }
 

@@ -1,0 +1,303 @@
+"""`smolvla deploy sim`: the Meta-World robot driven in real time by the robot client against a policy
+server, synchronously or asynchronously, measured.
+
+    smolvla deploy sim --policy.path=DIR --env.task=drawer-close-v3 --mode sync,async --fps 30 \\
+        --latency 1.0 --episodes 3 --output_dir outputs/deploy
+
+Each variant (`sync`, `async`, `async+rtc`) runs the same episodes (task x seed). The server is a
+separate `smolvla serve` process on loopback (one per RTC setting), or `--server URL`. `--latency S`
+pads every inference on the server to at least S seconds: it stands in for a slower model or device
+(the full-size SmolVLA takes about 1-4 s per chunk on consumer hardware; the tiny checkpoints here take
+tens of milliseconds), so the comparison holds for them too. `--latency auto` uses the real inference
+time.
+
+Per episode: success, task completion time (wall clock from the first tick to success or the end),
+executed actions per second, ticks the robot waited with an empty queue, and the action jumps at chunk
+boundaries versus steps inside a chunk (what RTC should remove). Writes `deploy_report.json` and, with
+`--video`, one MP4 per variant of its first episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smolvla.serving.client import (
+    AGGREGATE_FUNCTIONS,
+    ClientStats,
+    PolicyClient,
+    RobotClient,
+    RobotClientConfig,
+)
+from smolvla.serving.robot import MetaWorldRobot
+
+VARIANTS = ("sync", "async", "async+rtc")
+EVAL_SEED_BASE = 1_000_000  # as smolvla.envs.record: seeds no recording used
+
+
+def boundary_jumps(log: list[Any]) -> dict[str, float | int | None]:
+    """How the executed actions change where the executed chunk changes (a boundary) versus inside a
+    chunk: the mean L2 action change at boundaries and inside chunks, and the switch gap, the mean and
+    largest L2 distance at a boundary between the action executed and the one the previous chunk had
+    planned for that step. A boundary change well above the inside step, or a large switch gap, is a
+    jump of the arm."""
+    boundary, inside, gaps = [], [], []
+    for prev, cur in itertools.pairwise(log):
+        d = float(np.linalg.norm(np.asarray(cur.action) - np.asarray(prev.action)))
+        (boundary if cur.chunk != prev.chunk else inside).append(d)
+        if cur.chunk != prev.chunk and cur.replaced is not None:
+            gaps.append(float(np.linalg.norm(np.asarray(cur.action) - np.asarray(cur.replaced))))
+    return {
+        "boundaries": len(boundary),
+        "boundary_jump": float(np.mean(boundary)) if boundary else None,
+        "inside_step": float(np.mean(inside)) if inside else None,
+        "switch_gap": float(np.mean(gaps)) if gaps else None,
+        "switch_gap_max": float(np.max(gaps)) if gaps else None,
+    }
+
+
+class ServerProcess:
+    """`smolvla serve` as a subprocess on a free loopback port."""
+
+    def __init__(self, policy_path: str, latency: float, rtc: bool, extra: list[str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "smolvla.cli", "serve", f"--policy.path={policy_path}", "--port", "0"]
+        cmd += ["--latency", str(latency), "--log-level", "WARNING", *(extra or [])]
+        if rtc:
+            cmd.append("--rtc")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        try:
+            self.url = json.loads(line)["url"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            self.proc.kill()
+            raise RuntimeError(
+                f"the policy server did not start (it printed {line!r}); see its stderr"
+            ) from None
+
+    def close(self) -> None:
+        self.proc.terminate()  # SIGTERM: the graceful shutdown path
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_episode(
+    robot: MetaWorldRobot, policy: PolicyClient, config: RobotClientConfig, seed: int, frames: list | None
+) -> dict[str, Any]:
+    robot.reset(seed)
+    client = RobotClient(robot, policy, config)
+    client.reset()
+    ticks = robot.max_episode_steps * 4  # the robot may wait; the env truncates at max_episode_steps
+    t0 = time.monotonic()
+    success_at: list[float] = []
+
+    def done() -> bool:
+        if frames is not None:
+            frames.append(robot.env.render())
+        if robot.success and not success_at:
+            success_at.append(time.monotonic() - t0)
+        return robot.done
+
+    with client:
+        stats: ClientStats = client.run(ticks, done)
+    seconds = time.monotonic() - t0
+    lat = np.asarray(stats.latencies_s) * 1000
+    return {
+        "seed": seed,
+        "success": robot.success,
+        "steps": robot.steps,
+        "completion_s": success_at[0] if success_at else seconds,
+        "seconds": seconds,
+        "actions_per_s": stats.executed / seconds if seconds > 0 else 0.0,
+        "idle_ticks": stats.idle_ticks,
+        # The share of wall time the arm stood still: waiting for a chunk (sync), or with an empty queue.
+        "waiting_fraction": max(0.0, 1.0 - stats.executed / (seconds * config.fps)) if seconds > 0 else 0.0,
+        "ticks": stats.ticks,
+        "chunks": stats.chunks,
+        "observations_sent": stats.observations_sent,
+        "skipped_similar": stats.skipped_similar,
+        "dropped_stale": stats.dropped_stale,
+        "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+        **boundary_jumps(stats.log),
+    }
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if r["success"]]
+    return {
+        "episodes": len(rows),
+        "success_rate": len(ok) / len(rows) if rows else 0.0,
+        "completion_s_successes": _mean(ok, "completion_s"),
+        "completion_s_all": _mean(rows, "completion_s"),
+        "steps_successes": _mean(ok, "steps"),
+        "actions_per_s": _mean(rows, "actions_per_s"),
+        "waiting_fraction": _mean(rows, "waiting_fraction"),
+        "boundary_jump": _mean(rows, "boundary_jump"),
+        "inside_step": _mean(rows, "inside_step"),
+        "switch_gap": _mean(rows, "switch_gap"),
+        "switch_gap_max": max(
+            (r["switch_gap_max"] for r in rows if r.get("switch_gap_max") is not None), default=None
+        ),
+        "latency_ms_p50": _mean(rows, "latency_ms_p50"),
+    }
+
+
+def parse_variants(spec: str) -> list[str]:
+    out = [v.strip() for v in spec.split(",") if v.strip()]
+    bad = [v for v in out if v not in VARIANTS]
+    if not out or bad:
+        raise ValueError(f"--mode: got {spec!r}, expected a comma-separated list of {list(VARIANTS)}")
+    return out
+
+
+def parse_latency(v: str) -> float:
+    if v == "auto":
+        return 0.0
+    try:
+        s = float(v)
+    except ValueError:
+        raise ValueError(f"--latency: got {v!r}, expected 'auto' or seconds >= 0") from None
+    if not (s >= 0 and np.isfinite(s)):
+        raise ValueError(f"--latency: got {v!r}, expected 'auto' or seconds >= 0")
+    return s
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smolvla deploy sim", description=__doc__.split("\n\n")[0])
+    p.add_argument("target", choices=["sim"], help="what to drive: the Meta-World simulated robot")
+    p.add_argument("--policy.path", dest="policy_path", required=True)
+    p.add_argument("--env.task", dest="tasks", required=True, help="Meta-World task(s), comma-separated")
+    p.add_argument(
+        "--env.image_size", dest="image_size", type=int, default=None, help="default: the policy's"
+    )
+    p.add_argument("--env.max_episode_steps", dest="max_episode_steps", type=int, default=400)
+    p.add_argument("--mode", default="sync,async", help=f"comma-separated variants of {list(VARIANTS)}")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--latency", default="auto", help="'auto' (real inference time) or seconds per chunk")
+    p.add_argument("--episodes", type=int, default=3, help="per task")
+    p.add_argument("--seed", type=int, default=EVAL_SEED_BASE)
+    p.add_argument("--chunk_size_threshold", type=float, default=0.5)
+    p.add_argument("--aggregate", default="weighted_average", choices=list(AGGREGATE_FUNCTIONS))
+    p.add_argument("--similarity_atol", type=float, default=0.01)
+    p.add_argument(
+        "--server", default=None, help="a running server's URL (its own --latency and --rtc apply)"
+    )
+    p.add_argument("--output_dir", default="outputs/deploy")
+    p.add_argument("--video", action="store_true", help="an MP4 of each variant's first episode")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from smolvla.envs.metaworld import tasks_for
+    from smolvla.io import write_json
+
+    args = parser().parse_args(argv)
+    variants = parse_variants(args.mode)
+    latency = parse_latency(args.latency)
+    tasks = tasks_for(args.tasks)
+    if args.episodes < 1:
+        raise ValueError(f"--episodes: got {args.episodes}, expected a positive integer")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image_size = args.image_size
+    if image_size is None:
+        from smolvla.config import SmolVLAConfig
+        from smolvla.hub import resolve_dir
+
+        cfg = SmolVLAConfig.load(resolve_dir(args.policy_path, allow_patterns=["*.json"]) / "config.json")
+        image_size = next(iter(cfg.image_features.values())).shape[1]
+
+    servers: dict[bool, Any] = {}
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    robots = {t: MetaWorldRobot(t, image_size, args.max_episode_steps) for t in tasks}
+    total = len(variants) * len(tasks) * args.episodes
+    try:
+        with tqdm(total=total, desc="deploy sim", unit="episode") as bar:
+            for variant in variants:
+                rtc = variant == "async+rtc"
+                if args.server is None and rtc not in servers:
+                    servers[rtc] = ServerProcess(args.policy_path, latency, rtc)
+                url = args.server or servers[rtc].url
+                with PolicyClient(url) as policy:
+                    for task, robot in robots.items():
+                        config = RobotClientConfig(
+                            task=robot.instruction,
+                            fps=args.fps,
+                            chunk_size_threshold=args.chunk_size_threshold,
+                            aggregate_fn_name=args.aggregate,
+                            similarity_atol=args.similarity_atol,
+                            mode="sync" if variant == "sync" else "async",
+                        )
+                        for i in range(args.episodes):
+                            frames: list | None = [] if (args.video and i == 0) else None
+                            row = run_episode(robot, policy, config, args.seed + i, frames)
+                            results[variant].append({"task": task, **row})
+                            if frames:
+                                _video(out / f"{variant}_{task}.mp4", frames, robot, row, args.fps)
+                            bar.set_postfix(variant=variant, task=task, success=row["success"])
+                            bar.update()
+    finally:
+        for s in servers.values():
+            s.close()
+        for r in robots.values():
+            r.disconnect()
+    report = {
+        "command": "smolvla deploy " + " ".join(argv if argv is not None else sys.argv[2:]),
+        "policy_path": args.policy_path,
+        "tasks": tasks,
+        "fps": args.fps,
+        "latency": args.latency,
+        "chunk_size_threshold": args.chunk_size_threshold,
+        "aggregate": args.aggregate,
+        "summary": {v: summarize(rows) for v, rows in results.items()},
+        "episodes": results,
+    }
+    write_json(out / "deploy_report.json", report)
+    print(table(report))
+    print(f"report: {out / 'deploy_report.json'}")
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "| mode | success | completion time (s, successes) | steps | actions/s | robot waiting "
+        "| boundary jump | step in chunk | switch gap (mean / max) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v, s in report["summary"].items():
+        lines.append(
+            f"| {v} | {s['success_rate']:.0%} ({s['episodes']} ep.) "
+            f"| {f(s['completion_s_successes'], '.2f')} | {f(s['steps_successes'], '.0f')} | "
+            f"{f(s['actions_per_s'], '.1f')} | {f(s['waiting_fraction'], '.0%')} "
+            f"| {f(s['boundary_jump'], '.3f')} | "
+            f"{f(s['inside_step'], '.3f')} | {f(s['switch_gap'], '.3f')} / {f(s['switch_gap_max'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def _video(path: Path, frames: list, robot: MetaWorldRobot, row: dict[str, Any], fps: float) -> None:
+    from smolvla.eval.metaworld import caption_frames, write_mp4
+
+    rate = max(1, round(fps))  # one frame per control tick: waiting shows as a still arm
+    write_mp4(path, caption_frames(frames, robot.instruction, row["success"], row["steps"], rate // 2), rate)

@@ -1,0 +1,504 @@
+"""`smolvla serve`: one policy behind a WebSocket, for many robot clients at once.
+
+    smolvla serve --policy.path=DIR --host 127.0.0.1 --port 8000 [--api-key-env VAR] [--rtc]
+
+The protocol is openpi's (see `smolvla.serving.protocol`): metadata on connect, then one answer per
+observation: a map with `actions` [chunk_size, action_dim] (unnormalized, float32) and
+`server_timing`, or a text frame `error: ...` naming the bad field, after which the connection keeps
+going. `{"__ctrl__": "episode_start"}` (openpi-client's `episode_start`) resets the connection's state.
+
+How it differs from LeRobot's policy server (spec §5.4, §8): msgpack instead of pickle, so a message
+cannot run code; the policy is loaded once, not at every client handshake; images go through the same
+preprocessor as synchronous inference (aspect-preserving resize-with-pad at native resolution) instead
+of being squashed to the config's stored shape; the server never sleeps to pad its answers unless asked
+to simulate a slower device (`--latency`); it binds to loopback unless told otherwise, and can require an
+API key (openpi-client's `Authorization: Api-Key ...` header).
+
+Concurrency: the event loop handles the connections; inference runs on one worker thread, so requests
+from different clients are served one at a time, in arrival order. Each connection has its own state
+(request count, the previous chunk for RTC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import http
+import itertools
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import websockets
+from websockets.asyncio.server import Request, Response, ServerConnection, serve
+
+from smolvla.config import OBS_STATE
+from smolvla.model.rtc import SCHEDULES, RealTimeChunker, RTCConfig
+from smolvla.serving.protocol import (
+    CONTROL_KEY,
+    Limits,
+    ObservationSpec,
+    ProtocolError,
+    packb,
+    unpackb,
+)
+
+log = logging.getLogger("smolvla.serve")
+PROTOCOL_VERSION = 1
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class InferenceEngine:
+    """A policy with its processors: raw observation -> unnormalized action chunk. Not thread-safe:
+    the server calls it from its single inference thread."""
+
+    def __init__(
+        self,
+        policy: Any,
+        pre: Any,
+        post: Any,
+        rtc: RTCConfig | None = None,
+        latency: float = 0.0,
+        max_task_chars: int = 1024,
+    ) -> None:
+        if not (isinstance(latency, (int, float)) and math.isfinite(latency) and latency >= 0):
+            raise ValueError(f"latency: got {latency!r}, expected seconds >= 0")
+        self.policy, self.pre, self.post = policy.eval(), pre, post
+        self.rtc = rtc
+        self.latency = float(latency)
+        cfg = policy.config
+        self.spec = ObservationSpec(
+            cameras=tuple(cfg.image_features),
+            state_dim=cfg.state_feature.shape[0] if cfg.state_feature is not None else None,
+            empty_cameras=cfg.empty_cameras,
+            max_task_chars=max_task_chars,
+            max_inference_delay=cfg.chunk_size,
+        )
+        self.device = next(policy.parameters()).device
+
+    @classmethod
+    def load(
+        cls, path: str, device: str = "cpu", num_steps: int | None = None, **kwargs: Any
+    ) -> InferenceEngine:
+        from smolvla.policy import SmolVLAPolicy
+        from smolvla.processing import make_pre_post_processors
+
+        overrides = {"num_steps": num_steps} if num_steps is not None else {}
+        policy = SmolVLAPolicy.from_pretrained(path, device=device, **overrides)
+        pre, post = make_pre_post_processors(policy.config, pretrained_path=path, device=device)
+        return cls(policy, pre, post, **kwargs)
+
+    def state_normalization(self) -> dict[str, list[float]] | None:
+        """Per-dimension affine map raw -> normalized state (every norm mode is affine), so a client can
+        compare states on the policy's own scale without the stats files."""
+        if self.spec.state_dim is None:
+            return None
+        n = self.spec.state_dim
+        zero = self.pre.normalizer.normalize({OBS_STATE: torch.zeros(1, n)})[OBS_STATE][0]
+        one = self.pre.normalizer.normalize({OBS_STATE: torch.ones(1, n)})[OBS_STATE][0]
+        return {"offset": zero.tolist(), "scale": (one - zero).tolist()}
+
+    def metadata(self) -> dict[str, Any]:
+        cfg = self.policy.config
+        return {
+            "protocol": "openpi-websocket-msgpack",
+            "version": PROTOCOL_VERSION,
+            "policy": "smolvla",
+            "chunk_size": cfg.chunk_size,
+            "n_action_steps": cfg.n_action_steps,
+            "action_dim": cfg.action_feature.shape[0],
+            "camera_shapes": {k: list(f.shape) for k, f in cfg.image_features.items()},
+            "observation": self.spec.to_metadata(),
+            "state_normalization": self.state_normalization(),
+            "rtc": None
+            if self.rtc is None
+            else {
+                "execution_horizon": self.rtc.execution_horizon,
+                "max_guidance_weight": self.rtc.max_guidance_weight,
+                "schedule": self.rtc.schedule,
+            },
+            "simulated_latency_s": self.latency,
+        }
+
+    def _batch(self, obs: dict[str, Any]) -> dict[str, Any]:
+        raw: dict[str, Any] = {}
+        for k, v in obs.items():
+            if isinstance(v, np.ndarray) and v.dtype == np.uint8:  # validated as [H, W, 3]
+                raw[k] = torch.from_numpy(v.copy()).permute(2, 0, 1).float() / 255.0
+            elif isinstance(v, np.ndarray) and k != OBS_STATE:  # float [3, H, W]
+                raw[k] = torch.from_numpy(v.astype(np.float32))
+            else:
+                raw[k] = v
+        # The checkpoint's preprocessor and the policy's resize-with-pad, as synchronous inference:
+        # never a squash to the config's stored shape (LeRobot's async path does that, spec §8.6).
+        return self.pre(raw)
+
+    @torch.no_grad()
+    def infer(
+        self,
+        obs: dict[str, Any],
+        seed: int | None = None,
+        rtc: RealTimeChunker | None = None,
+        timestep: int | None = None,
+        inference_delay: int = 0,
+    ) -> np.ndarray:
+        """Actions [chunk_size, action_dim] float32 for an observation validated by `self.spec`. With
+        `rtc` (one per connection) the chunk is guided toward that stream's last chunk."""
+        t0 = time.perf_counter()
+        cfg = self.policy.config
+        batch = self._batch(obs)
+        noise = None
+        if seed is not None:
+            g = torch.Generator().manual_seed(seed)
+            noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g).to(self.device)
+        if rtc is not None:
+            chunk = rtc.sample(batch, timestep, inference_delay, noise=noise)
+        else:
+            chunk = self.policy.predict_action_chunk(batch, noise)
+        actions = self.post(chunk)[0].float().cpu().numpy().astype(np.float32)
+        if self.latency:  # stands in for a slower model or device; see `smolvla deploy --latency`
+            time.sleep(max(0.0, self.latency - (time.perf_counter() - t0)))
+        return actions
+
+
+@dataclass
+class _Connection:
+    id: int
+    peer: str
+    rtc: RealTimeChunker | None = None  # this connection's last chunk, when RTC is on
+    requests: int = 0
+    errors: int = 0
+    prev_total_ms: float | None = None
+
+    def reset(self) -> None:
+        self.prev_total_ms = None
+        if self.rtc is not None:
+            self.rtc.reset()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_message_bytes: int = 16 * 2**20
+    idle_timeout: float = 300.0  # a connection that sends nothing for this long is closed
+    shutdown_timeout: float = 10.0  # how long SIGTERM waits for in-flight requests
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"port: got {self.port!r}, expected an integer in [0, 65535]")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
+            raise ValueError("api_key: expected a string of at least 8 characters")
+        if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1024:
+            raise ValueError(
+                f"max_message_bytes: got {self.max_message_bytes!r}, expected an integer >= 1024"
+            )
+        for name in ("idle_timeout", "shutdown_timeout"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"{name}: got {v!r}, expected seconds > 0")
+
+
+@dataclass
+class _Stats:
+    connections: int = 0
+    requests: int = 0
+    errors: int = 0
+    infer_ms: list[float] = field(default_factory=list)
+
+
+class PolicyServer:
+    """Serves an `InferenceEngine` over WebSocket (see the module doc)."""
+
+    def __init__(self, engine: InferenceEngine, config: ServerConfig = ServerConfig()) -> None:
+        self.engine = engine
+        self.config = config
+        self.limits = Limits(max_message_bytes=config.max_message_bytes)
+        self.stats = _Stats()
+        self.port: int | None = None
+        self._ids = itertools.count(1)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smolvla-infer")
+        self._inflight = 0
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._metadata = packb(engine.metadata())
+
+    # -- HTTP before the WebSocket handshake --------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self.config.api_key is not None:
+            got = request.headers.get("Authorization", "")
+            want = f"Api-Key {self.config.api_key}"
+            if not hmac.compare_digest(got.encode(), want.encode()):
+                log.warning("rejected %s: missing or wrong API key", connection.remote_address)
+                return connection.respond(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "missing or wrong API key: send 'Authorization: Api-Key ...'\n",
+                )
+        return None
+
+    # -- one connection -----------------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        rtc = RealTimeChunker(self.engine.policy, self.engine.rtc) if self.engine.rtc is not None else None
+        conn = _Connection(next(self._ids), str(ws.remote_address), rtc)
+        self.stats.connections += 1
+        log.info("connection %d from %s", conn.id, conn.peer)
+        try:
+            await ws.send(self._metadata)
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), timeout=self.config.idle_timeout)
+                except asyncio.TimeoutError:
+                    await ws.close(1008, f"idle for {self.config.idle_timeout:g} s")
+                    return
+                await self._answer(ws, conn, message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            log.info(
+                "connection %d closed after %d requests (%d errors)", conn.id, conn.requests, conn.errors
+            )
+
+    async def _error(self, ws: ServerConnection, conn: _Connection, text: str) -> None:
+        conn.errors += 1
+        self.stats.errors += 1
+        log.info("connection %d: %s", conn.id, text)
+        await ws.send(f"error: {text}")  # a text frame: openpi-client raises it as RuntimeError
+
+    async def _answer(self, ws: ServerConnection, conn: _Connection, message: str | bytes) -> None:
+        t0 = time.perf_counter()
+        if isinstance(message, str):
+            await self._error(ws, conn, "got a text frame, expected a binary msgpack message")
+            return
+        try:
+            msg = unpackb(message, self.limits)
+            if isinstance(msg, dict) and CONTROL_KEY in msg:
+                await self._control(ws, conn, msg[CONTROL_KEY])
+                return
+            obs, fields = self.engine.spec.validate(msg)
+        except ProtocolError as e:
+            await self._error(ws, conn, str(e))
+            return
+        timestep = fields.get("timestep")
+        loop = asyncio.get_running_loop()
+        queued = time.perf_counter()
+        self._inflight += 1
+        try:
+            started: list[float] = []
+
+            def run() -> np.ndarray:
+                started.append(time.perf_counter())
+                delay = fields.get("inference_delay", 0)
+                return self.engine.infer(obs, fields.get("seed"), conn.rtc, timestep, delay)
+
+            actions = await loop.run_in_executor(self._executor, run)
+        except Exception as e:  # the policy refused this input (e.g. a processor check): say why, go on
+            log.debug("inference failed: %s", traceback.format_exc())
+            await self._error(ws, conn, f"{type(e).__name__}: {e}")
+            return
+        finally:
+            self._inflight -= 1
+        done = time.perf_counter()
+        conn.requests += 1
+        self.stats.requests += 1
+        infer_ms = (done - started[0]) * 1000
+        self.stats.infer_ms.append(infer_ms)
+        timing = {
+            "infer_ms": infer_ms,
+            "queue_ms": (started[0] - queued) * 1000,
+            "total_ms": (done - t0) * 1000,
+        }
+        if conn.prev_total_ms is not None:
+            timing["prev_total_ms"] = conn.prev_total_ms
+        reply: dict[str, Any] = {
+            "actions": actions,
+            "chunk_index": conn.requests - 1,
+            "server_timing": timing,
+        }
+        for k in ("timestep", "request_id"):
+            if k in fields:
+                reply[k] = fields[k]
+        if conn.rtc is not None and conn.rtc.last_prefix_len:
+            reply["rtc_prefix_len"] = conn.rtc.last_prefix_len
+        await ws.send(packb(reply))
+        conn.prev_total_ms = (time.perf_counter() - t0) * 1000
+
+    async def _control(self, ws: ServerConnection, conn: _Connection, ctrl: Any) -> None:
+        if ctrl in ("episode_start", "episode_end", "reset"):
+            conn.reset()
+            await ws.send(packb({"__ack__": ctrl}))
+        else:
+            await ws.send(packb({"__ack__": "ignored"}))  # what openpi's server answers
+
+    # -- lifetime -----------------------------------------------------------------------------------
+
+    async def run(self, ready: Any = None, handle_signals: bool = True) -> None:
+        """Serves until `stop()` (or SIGTERM / SIGINT when `handle_signals`). `ready(port)` is called
+        once listening."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    self._loop.add_signal_handler(sig, self._stop.set)
+        c = self.config
+        async with serve(
+            self._handler,
+            c.host,
+            c.port,
+            compression=None,
+            max_size=c.max_message_bytes,
+            max_queue=4,
+            process_request=self._process_request,
+            open_timeout=10,
+            close_timeout=5,
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            if ready is not None:
+                ready(self.port)
+            await self._stop.wait()
+            log.info("shutting down: no new connections, finishing %d request(s)", self._inflight)
+            server.close(close_connections=False)
+            deadline = time.monotonic() + c.shutdown_timeout
+            while self._inflight and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            for ws in list(server.connections):
+                await ws.close(1001, "server shutting down")
+            await server.wait_closed()
+        self._executor.shutdown(wait=True)
+
+    def stop(self) -> None:
+        """Thread-safe: asks `run()` to shut down gracefully."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+
+class ServerThread:
+    """A `PolicyServer` on a background thread (tests, `smolvla deploy` without a separate server)."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self.server = server
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="smolvla-server", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self.server.run(lambda _: self._ready.set(), handle_signals=False))
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            raise RuntimeError(f"the policy server did not start: {self._error!r}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.server.config.host}:{self.server.port}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.stop()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smolvla serve", description="Serve a SmolVLA policy over WebSocket.")
+    p.add_argument(
+        "--policy.path", dest="policy_path", required=True, help="checkpoint folder or hub repo id"
+    )
+    p.add_argument("--policy.device", dest="device", default="cpu")
+    p.add_argument("--policy.num_steps", dest="num_steps", type=int, default=None, help="denoising steps")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument(
+        "--api-key-env",
+        default=None,
+        help="name of an environment variable holding the API key clients must send "
+        "('Authorization: Api-Key KEY'); kept off the command line so `ps` does not show it",
+    )
+    p.add_argument("--max-message-mb", type=float, default=16.0, help="largest accepted message")
+    p.add_argument("--idle-timeout", type=float, default=300.0, help="close connections silent this long (s)")
+    p.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="pad each inference to at least this many seconds: stands in for a slower model or device",
+    )
+    p.add_argument("--rtc", action="store_true", help="real-time chunking: guide chunks toward the last one")
+    p.add_argument("--rtc.execution_horizon", dest="rtc_horizon", type=int, default=10)
+    p.add_argument("--rtc.max_guidance_weight", dest="rtc_beta", type=float, default=10.0)
+    p.add_argument("--rtc.schedule", dest="rtc_schedule", default="linear", choices=SCHEDULES)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ValueError(f"--api-key-env: environment variable {args.api_key_env!r} is not set or empty")
+    if args.host not in LOOPBACK:
+        log.warning(
+            "binding to %s: reachable from other machines%s",
+            args.host,
+            "" if api_key else " WITHOUT an API key",
+        )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: got {args.threads}, expected a positive integer")
+        torch.set_num_threads(args.threads)
+    rtc = RTCConfig(args.rtc_horizon, args.rtc_beta, args.rtc_schedule) if args.rtc else None
+    engine = InferenceEngine.load(
+        args.policy_path, args.device, args.num_steps, rtc=rtc, latency=args.latency
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        idle_timeout=args.idle_timeout,
+    )
+    server = PolicyServer(engine, config)
+
+    def ready(port: int) -> None:
+        # One machine-readable line on stdout: `smolvla deploy` starts a server and reads its port here.
+        print(json.dumps({"event": "listening", "url": f"ws://{args.host}:{port}"}), flush=True)
+
+    asyncio.run(server.run(ready))
+    print(json.dumps({"event": "stopped", "requests": server.stats.requests}), flush=True)
