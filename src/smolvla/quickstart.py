@@ -66,8 +66,11 @@ class QuickstartConfig:
 
 
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
+    from smolvla.config import preset
+    from smolvla.envs.metaworld import INSTRUCTIONS
     from smolvla.envs.record import RecordConfig, record
     from smolvla.eval.metaworld import EvalConfig, evaluate
+    from smolvla.processing.tokenizer import distinct_length, load_tokenizer
     from smolvla.train import TrainConfig, train
     from smolvla.train.config import DatasetConfig
 
@@ -90,9 +93,13 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 
     print(f"[2/3] training the tiny preset for {cfg.steps} steps (batch {cfg.batch_size})", flush=True)
     t1 = time.perf_counter()
+    tiny = preset("tiny")
+    # many tasks (--tasks all) need longer prompts than the preset's to stay distinct
+    need = distinct_length(load_tokenizer(tiny.vlm_model_name), [INSTRUCTIONS[t] for t in cfg.tasks])
     tcfg = TrainConfig(
         dataset=DatasetConfig(repo_id=str(data), augment=cfg.augment),
         policy_preset="tiny",
+        policy_overrides={"tokenizer_max_length": need} if need > tiny.tokenizer_max_length else {},
         output_dir=str(out / "train"),
         batch_size=cfg.batch_size // cfg.processes,  # per process: the global batch stays cfg.batch_size
         steps=cfg.steps,

@@ -16,6 +16,7 @@ from smolvla.processing.tokenizer import (
     LanguageTokenizer,
     TokenizerError,
     build_byte_tokenizer,
+    distinct_length,
     load_tokenizer,
     save_byte_tokenizer,
 )
@@ -209,3 +210,13 @@ def test_load_builtin_and_folder(bpe_dir: Path) -> None:
     tiny = load_tokenizer("smolvla/tiny-backbone")
     assert tiny.vocab_size == 320 and tiny.pad_id == 2 and tiny.name == "smolvla/tiny-backbone"
     assert load_tokenizer(bpe_dir).pad_id == 2
+
+
+def test_distinct_length(tok: LanguageTokenizer) -> None:
+    tasks = ["open the door", "open the drawer", "open the door"]
+    n = distinct_length(tok, tasks)
+    a, b = tok(["open the door", "open the drawer"], n, "max_length")[0]
+    assert not torch.equal(a, b)
+    a, b = tok(["open the door", "open the drawer"], n - 1, "max_length")[0]
+    assert torch.equal(a, b)  # one token less and the two instructions are the same prompt
+    assert distinct_length(tok, ["only one task"]) == 1

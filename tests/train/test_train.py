@@ -230,3 +230,9 @@ def test_augmentation_flags_reach_the_augmenter():
     aug = cfg.dataset.augment_config()
     assert (aug.enabled, aug.max_shift, aug.crop_scale) == (True, 1, 1.0)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # saved with checkpoints
+
+
+def test_refuses_instructions_that_truncate_into_the_same_tokens(dataset, tmp_path):
+    # the dataset's tasks are "task 0" and "task 1": 5 byte tokens leave "task " for both
+    with pytest.raises(TrainingError, match=r"pass --policy.tokenizer_max_length=6 \(or more\)"):
+        run(dataset, tmp_path / "run", "--steps=1", "--policy.tokenizer_max_length=5")

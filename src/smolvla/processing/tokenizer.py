@@ -244,3 +244,20 @@ def save_byte_tokenizer(path: str | Path) -> Path:
     }
     write_json(path / "tokenizer_config.json", cfg)
     return path
+
+
+def distinct_length(tokenizer: LanguageTokenizer, tasks: list[str]) -> int:
+    """The smallest max_length at which truncation keeps every pair of different tasks different.
+
+    Instructions that only differ past the limit ("turn the faucet handle left" / "... right")
+    become the same tokens, and one policy can no longer tell the tasks apart."""
+    tasks = sorted(set(tasks))
+    if len(tasks) < 2:
+        return 1
+    _, mask = tokenizer(tasks, 1, "longest", truncation=False)
+    longest = int(mask.sum(dim=1).max())
+    for n in range(1, longest + 1):
+        tokens, _ = tokenizer(tasks, n, "max_length", truncation=True)
+        if len({tuple(row) for row in tokens.tolist()}) == len(tasks):
+            return n
+    return longest

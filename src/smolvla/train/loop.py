@@ -156,6 +156,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     on): for time-boxed sessions, and for the test that resuming is exact."""
     from smolvla.data import ImageAugment, LeRobotDataset
     from smolvla.processing import make_pre_post_processors
+    from smolvla.processing.tokenizer import distinct_length
 
     rank, world = _dist()
     device = _device(cfg)
@@ -203,6 +204,13 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         pre, post = make_pre_post_processors(pcfg, dataset_stats=ds.stats, device=str(device))
     policy.to(device).train()
     pcfg = policy.config
+    if pre.tokenizer is not None and pre.truncation:
+        need = distinct_length(pre.tokenizer, list(ds.meta.tasks))
+        if need > pre.max_length:
+            raise TrainingError(
+                f"tokenizer_max_length {pre.max_length} truncates some of the dataset's {len(ds.meta.tasks)} "
+                f"instructions into the same tokens; pass --policy.tokenizer_max_length={need} (or more)"
+            )
 
     opt = make_optimizer(list(policy.parameters()), pcfg)
     sched = make_scheduler(opt, pcfg, cfg.steps)
