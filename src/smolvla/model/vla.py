@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from smolvla.config import BackboneConfig, SmolVLAConfig, expert_intermediate_size
-from smolvla.model.backbone import DecoderLayer, RMSNorm, SmolVLM, apply_rope, attention
+from smolvla.model.backbone import (
+    DecoderLayer,
+    RMSNorm,
+    SmolVLM,
+    apply_rope,
+    attention,
+    attention_bias,
+    rope_tables,
+)
 
 
 def make_att_2d_masks(pad_masks: torch.Tensor, ar_marks: torch.Tensor) -> torch.Tensor:
@@ -134,11 +142,12 @@ class VLMWithExpert(nn.Module):
         (B, P, KV, Dh); for cross-attention layers those already projected by the expert, so that the
         denoising loop does not redo it at every step. None where no expert layer sits."""
         cache: list = []
+        rope = rope_tables(positions, self.vlm.model.text_model.layers[0].self_attn.head_dim)
         for i in range(self.last_used + 1):
             vlm = self.vlm.model.text_model.layers[i]
             exp = self.expert_layer(i)
             q, k, v = vlm.qkv(prefix)
-            q, k = apply_rope(q, positions), apply_rope(k, positions)
+            k = apply_rope(k, tables=rope)
             if exp is None:
                 cache.append(None)
             elif self.kinds[i] == "sa":
@@ -146,7 +155,7 @@ class VLMWithExpert(nn.Module):
             else:
                 cache.append(exp.project_kv(k, v))
             if i < self.last_used:
-                prefix = vlm.finish(prefix, attention(q, k, v, mask))
+                prefix = vlm.finish(prefix, attention(apply_rope(q, tables=rope), k, v, mask))
         return cache
 
     def denoise(
@@ -162,19 +171,30 @@ class VLMWithExpert(nn.Module):
         s = suffix.shape[1]
         cross_mask = prefix_pad[:, None, :].expand(-1, s, -1)  # (B, S, P)
         joint_mask = torch.cat([cross_mask, suffix_mask], dim=2)  # (B, S, P+S)
-        ca_pos = positions - positions.min(dim=1, keepdim=True).values
+        # Rotary tables and additive masks are the same in every layer: built once per step, per dtype.
+        head_dim = self.lm_expert.layers[0].self_attn.head_dim
+        rope_sa = rope_tables(positions, head_dim)
+        rope_ca = rope_tables(positions - positions.min(dim=1, keepdim=True).values, head_dim)
+        biases: dict = {}
+
+        def bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            key = (id(mask), dtype)
+            if key not in biases:
+                biases[key] = attention_bias(mask, dtype)
+            return biases[key]
+
         for i, kv in enumerate(cache):
             exp = self.expert_layer(i)
             if exp is None:
                 continue
             if self.kinds[i] == "sa":
                 qs, ks, vs = exp.qkv(suffix)
-                qs, ks = apply_rope(qs, positions), apply_rope(ks, positions)
+                qs, ks = apply_rope(qs, tables=rope_sa), apply_rope(ks, tables=rope_sa)
                 k, v = torch.cat([kv[0], ks.to(kv[0].dtype)], 1), torch.cat([kv[1], vs.to(kv[1].dtype)], 1)
-                att = attention(qs.to(k.dtype), k, v, joint_mask)
+                att = attention(qs.to(k.dtype), k, v, bias(joint_mask, k.dtype))
             else:
-                qs = apply_rope(exp.query(suffix), ca_pos)
-                att = attention(qs.to(kv[0].dtype), kv[0], kv[1], cross_mask)
+                qs = apply_rope(exp.query(suffix), tables=rope_ca)
+                att = attention(qs.to(kv[0].dtype), kv[0], kv[1], bias(cross_mask, kv[0].dtype))
             suffix = exp.finish(suffix, att)
         return self.lm_expert.norm(suffix)
 
