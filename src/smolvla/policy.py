@@ -168,12 +168,22 @@ class SmolVLAPolicy(nn.Module):
 
     # -- precision -----------------------------------------------------------------------------------
 
-    def set_precision(self, dtype: torch.dtype) -> SmolVLAPolicy:
+    def set_precision(self, dtype: torch.dtype, frozen_only: bool = False) -> SmolVLAPolicy:
         """Runs the backbone and expert in `dtype` (e.g. bf16); the five small projections stay fp32,
-        as in LeRobot's checkpoints. Saving still writes each tensor in its file dtype."""
+        as in LeRobot's checkpoints. Saving still writes each tensor in its file dtype.
+
+        frozen_only: only the parts that are not trained (the vision tower with freeze_vision_encoder,
+        the whole VLM with train_expert_only), as LeRobot runs its bf16-loaded VLM while training: the
+        trained weights and their optimizer state stay fp32."""
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
-        self.model.vlm_with_expert.to(dtype)
+        if not frozen_only:
+            self.model.vlm_with_expert.to(dtype)
+            return self
+        vlm = self.model.vlm_with_expert.vlm
+        for part in (vlm.model.vision_model, vlm.model.connector, *vlm.model.text_model.layers):
+            if not any(p.requires_grad for p in part.parameters()):
+                part.to(dtype)
         return self
 
     def prepare_for_inference(self, mode: str = "auto") -> SmolVLAPolicy:
