@@ -296,7 +296,7 @@ def train_case(
         torch.nn.utils.clip_grad_norm_(params, cfg.optimizer_grad_clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return t1 - t0, t2 - t1, time.perf_counter() - t0, float(loss)
+        return t1 - t0, t2 - t1, time.perf_counter() - t0, float(loss.detach())
 
     step()  # warm-up (and AdamW's state)
     _reset_peak_rss()
