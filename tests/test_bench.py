@@ -27,7 +27,7 @@ def test_train_case_reports_a_step(tmp_path):
 
 
 def test_compare_needs_an_existing_interpreter(tmp_path):
-    with pytest.raises(bench.BenchError, match="--compare: got .*nope"):
+    with pytest.raises(bench.BenchError, match=r"--compare: got .*nope"):
         bench.main(["inference", "--preset", "micro", "--compare", str(tmp_path / "nope"), "--no-matmul"])
 
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from smolvla.config import preset
-from smolvla.inference import Int8Linear, InferenceModeError, MappedEmbedding, resolve_mode
+from smolvla.inference import InferenceModeError, Int8Linear, MappedEmbedding, resolve_mode
 from smolvla.model.backbone import MLP, SelfAttention, VisionAttention
 from smolvla.policy import SmolVLAPolicy
 from tests.conftest import make_batch, require_shared
@@ -90,7 +90,7 @@ def test_prepared_policy_refuses_training_and_saving(tmp_path):
 
 
 def test_bad_mode_names_the_value():
-    with pytest.raises(InferenceModeError, match="'fp8'.*'auto'"):
+    with pytest.raises(InferenceModeError, match=r"'fp8'.*'auto'"):
         resolve_mode("fp8")
     assert resolve_mode("auto") in ("fp32", "bf16", "int8")
 
@@ -102,12 +102,13 @@ def test_loading_a_checkpoint_missing_a_tensor_fails(tmp_path):
     tensors = load_file(tmp_path / "model.safetensors")
     tensors.pop("model.action_out_proj.weight")
     save_file(tensors, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match="action_out_proj.weight"):
+    with pytest.raises(ValueError, match=r"action_out_proj\.weight"):
         SmolVLAPolicy.from_pretrained(tmp_path, inference_mode="fp32")
 
 
 def test_frozen_vision_tower_builds_no_graph():
-    policy = _policy("micro").train()  # micro freezes the vision tower and trains the expert only
+    # pixels need no gradient and the tower's weights are frozen: autograd records nothing there
+    policy = _policy("micro").train()
     pixels = torch.rand(1, 3, 16, 16) * 2 - 1
     vlm = policy.model.vlm_with_expert.vlm
     assert not vlm.embed_image(pixels).requires_grad

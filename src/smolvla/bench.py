@@ -235,7 +235,11 @@ def inference_case(
 
     chunk()  # warm-up
     _reset_peak_rss()
-    samples = [chunk() for _ in range(runs)]
+    samples, cpu = [], []
+    for _ in range(runs):
+        c0 = time.process_time()
+        samples.append(chunk())
+        cpu.append(time.process_time() - c0)
     peaks = _peaks()
     actions = samples[-1][0][:, :, : cfg.action_feature.shape[0]]
     # the stages are exactly predict_action_chunk's: check it gives the same actions
@@ -259,6 +263,9 @@ def inference_case(
         "s_per_chunk_median": _median(totals),
         "s_per_chunk_min": round(min(totals), 4),
         "chunks_per_s": round(1 / med, 3),
+        # CPU seconds of this process per chunk: with 1 thread, a figure that other jobs on the
+        # machine barely change (wall time doubles under contention, CPU time does not)
+        "cpu_s_per_chunk_median": _median(cpu),
         "vision_s_median": _median([a for _, a, _, _ in samples]),
         "prefix_s_median": _median([b for _, _, b, _ in samples]),
         "denoise_s_median": _median([c for _, _, _, c in samples]),
@@ -413,6 +420,11 @@ def _check_compare(python: str | None, script: Path) -> None:
         )
     if not script.is_file():
         raise BenchError(f"--lerobot-script: {script} does not exist (LeRobot's bench_smolvla_ref.py)")
+    if not (script.parent / "smolvlm2_500m_config").is_dir():
+        raise BenchError(
+            f"--lerobot-script: no smolvlm2_500m_config/ beside {script}; make_lerobot_env.sh writes it "
+            "there (run it, or point --lerobot-script at the copy where it ran)"
+        )
 
 
 def _ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, Any]:

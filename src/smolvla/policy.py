@@ -117,11 +117,17 @@ class SmolVLAPolicy(nn.Module):
         if inference_mode is not None:
             from smolvla.inference import load_prepared
 
+            if device is not None and torch.device(device).type != "cpu":
+                raise ValueError(
+                    f"inference_mode: {inference_mode!r} prepares for CPUs, got device {device!r}; "
+                    "on a GPU load without it (and use set_precision)"
+                )
+
             policy = load_prepared(
                 lambda: cls(config, backbone, backbone_dir), folder / MODEL_FILE, inference_mode
             )
             policy.pretrained_path = folder
-            return policy.to(device) if device is not None else policy
+            return policy
         policy = cls(config, backbone, backbone_dir)
         # The checkpoint holds the backbone weights too, so SmolVLM2's are never downloaded here.
         policy._file_dtypes = load_state(

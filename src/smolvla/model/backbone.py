@@ -324,9 +324,5 @@ class SmolVLM(nn.Module):
     def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1] -> image tokens (B, T, D), before SmolVLA's sqrt(D) scale."""
         vision = self.model.vision_model
-        # A frozen tower (the default when training) needs no autograd graph: its activations, the
-        # largest of a training step, are not kept and backward does not enter it. Same values.
-        frozen = not any(p.requires_grad for p in vision.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            feats = vision(pixels.to(vision.post_layernorm.weight.dtype))
+        feats = vision(pixels.to(vision.post_layernorm.weight.dtype))
         return self.model.connector(feats)
