@@ -22,6 +22,7 @@ A prepared policy cannot be trained or saved (its projections are fused or quant
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import os
@@ -73,10 +74,20 @@ def resolve_mode(mode: str) -> str:
 # Building blocks
 
 
+@functools.cache
+def has_vnni() -> bool:
+    """Whether the CPU has VNNI int8 dot products (int32 accumulation, no saturation)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 class Int8Linear(nn.Module):
     """y = x W^T + b with W int8 per output channel; x (fp32) quantized per call to uint8 over its
-    range. The full 8-bit activation range is used: VNNI's int32 accumulation cannot overflow where
-    the AVX2 path (reduce_range) would."""
+    range. With VNNI the full 8-bit activation range is used; without it, 7 bits (reduce_range), as
+    the AVX2 kernels' int16 pair sums would otherwise saturate."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -89,9 +100,10 @@ class Int8Linear(nn.Module):
             bias = None if linear.bias is None else linear.bias.detach().float()
             self.packed = torch.ops.quantized.linear_prepack(qw, bias)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.reduce_range = not has_vnni()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, False)
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
