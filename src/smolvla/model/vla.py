@@ -124,8 +124,8 @@ class VLMWithExpert(nn.Module):
         p = prefix.shape[1]
         if 0 < constant_prefix <= p and torch.is_grad_enabled() and not self._vlm_trained():
             c = constant_prefix
-            with torch.no_grad():
-                kvs = self._prefix_kv(prefix[:, :c], mask[:, :c, :c], positions[:, :c])
+            with torch.no_grad():  # detached first: a view made under no_grad would still require grad
+                kvs = self._prefix_kv(prefix[:, :c].detach(), mask[:, :c, :c], positions[:, :c])
             if c < p:
                 kvs = self._prefix_kv(prefix[:, c:], mask[:, c:p, :p], positions[:, c:p], past=kvs)
             return self.denoise(
