@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import mmap
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -348,9 +347,3 @@ def param_bytes(module: nn.Module) -> int:
         if isinstance(m, Int8Linear):
             total += m.in_features * m.out_features + 4 * m.out_features
     return total
-
-
-def env_threads() -> int:
-    """Threads for intra-op parallelism: all cores this process may use (torch's default counts
-    physical cores, which undercounts on SMT-less VMs with shared cores)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
