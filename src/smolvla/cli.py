@@ -228,6 +228,12 @@ def _eval(argv: list[str]) -> None:
     eval_main(argv)
 
 
+def _bench(argv: list[str]) -> None:
+    from smolvla.bench import main as bench_main
+
+    bench_main(argv)
+
+
 # Commands with LeRobot-style `--a.b=value` flags (argparse would mangle them): argv goes straight through.
 PASSTHROUGH = {
     "quickstart": (
@@ -236,6 +242,10 @@ PASSTHROUGH = {
     ),
     "train": (_train, "train or fine-tune a policy: --policy.path=... --dataset.repo_id=... --steps=N"),
     "eval": (_eval, "evaluate a policy in Meta-World: success per task and bucket, chart, videos"),
+    "bench": (
+        _bench,
+        "speed and memory here: s/chunk per inference mode, training step; --compare to LeRobot",
+    ),
     "dataset": (_dataset, "look at a dataset: info DIR | show DIR --episode K --output F.mp4 | stats DIR"),
     "record": (
         _record,

@@ -78,6 +78,8 @@ class SmolVLAPolicy(nn.Module):
             vwe.forward = torch.compile(vwe.forward, mode=config.compile_mode)
         self._file_dtypes: dict[str, torch.dtype] = {}
         self.pretrained_path: Path | None = None
+        # Set by prepare_for_inference (a runtime choice, never written to config.json).
+        self.inference_mode: str | None = None
         self.reset()
         self._set_requires_grad()
 
@@ -94,9 +96,17 @@ class SmolVLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path_or_repo_id: str | Path, *, device: str | torch.device | None = None, **overrides: Any
+        cls,
+        path_or_repo_id: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        inference_mode: str | None = None,
+        **overrides: Any,
     ) -> SmolVLAPolicy:
-        """Loads a checkpoint folder (ours or LeRobot's) or a hub repo id; `overrides` set config fields."""
+        """Loads a checkpoint folder (ours or LeRobot's) or a hub repo id; `overrides` set config fields.
+
+        `inference_mode` ("auto", "fp32", "bf16", "int8"): load straight into an inference-only policy
+        (see `prepare_for_inference`) without ever holding the fp32 model in memory."""
         folder = resolve_dir(
             str(path_or_repo_id), allow_patterns=["*.json", "*.safetensors", "vlm/*", "tokenizer/*"]
         )
@@ -104,6 +114,20 @@ class SmolVLAPolicy(nn.Module):
         if overrides:
             config = config.override(**overrides)
         backbone, backbone_dir = resolve_backbone(config, folder)
+        if inference_mode is not None:
+            from smolvla.inference import load_prepared
+
+            if device is not None and torch.device(device).type != "cpu":
+                raise ValueError(
+                    f"inference_mode: {inference_mode!r} prepares for CPUs, got device {device!r}; "
+                    "on a GPU load without it (and use set_precision)"
+                )
+
+            policy = load_prepared(
+                lambda: cls(config, backbone, backbone_dir), folder / MODEL_FILE, inference_mode
+            )
+            policy.pretrained_path = folder
+            return policy
         policy = cls(config, backbone, backbone_dir)
         # The checkpoint holds the backbone weights too, so SmolVLM2's are never downloaded here.
         policy._file_dtypes = load_state(
@@ -119,6 +143,11 @@ class SmolVLAPolicy(nn.Module):
         the file they were loaded from, so a loaded checkpoint saves back bit-identically. A backbone
         from a local folder is written beside them (`vlm/config.json`, tokenizer files) and referenced
         as `vlm`, so the folder is self-contained; known names and hub repo ids are kept as they are."""
+        if self.inference_mode is not None:
+            raise RuntimeError(
+                f"save_pretrained: this policy was prepared for inference ({self.inference_mode}): its "
+                "projections are fused or quantized and unused weights are gone; save before preparing"
+            )
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         config = self.config
@@ -145,12 +174,31 @@ class SmolVLAPolicy(nn.Module):
 
     # -- precision -----------------------------------------------------------------------------------
 
-    def set_precision(self, dtype: torch.dtype) -> SmolVLAPolicy:
+    def set_precision(self, dtype: torch.dtype, frozen_only: bool = False) -> SmolVLAPolicy:
         """Runs the backbone and expert in `dtype` (e.g. bf16); the five small projections stay fp32,
-        as in LeRobot's checkpoints. Saving still writes each tensor in its file dtype."""
+        as in LeRobot's checkpoints. Saving still writes each tensor in its file dtype.
+
+        frozen_only: only the parts that are not trained (the vision tower with freeze_vision_encoder,
+        the whole VLM with train_expert_only), as LeRobot runs its bf16-loaded VLM while training: the
+        trained weights and their optimizer state stay fp32."""
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
-        self.model.vlm_with_expert.to(dtype)
+        if not frozen_only:
+            self.model.vlm_with_expert.to(dtype)
+            return self
+        vlm = self.model.vlm_with_expert.vlm
+        for part in (vlm.model.vision_model, vlm.model.connector, *vlm.model.text_model.layers):
+            if not any(p.requires_grad for p in part.parameters()):
+                part.to(dtype)
+        return self
+
+    def prepare_for_inference(self, mode: str = "auto") -> SmolVLAPolicy:
+        """Makes this policy inference-only and faster (smolvla.inference): fused q/k/v and gate/up
+        GEMMs, unused weights dropped, and "fp32", "bf16" or "int8" weights ("auto": the fastest this
+        CPU runs natively). Training and saving are refused afterwards."""
+        from smolvla.inference import prepare
+
+        prepare(self, mode)
         return self
 
     # -- training ------------------------------------------------------------------------------------
@@ -196,6 +244,11 @@ class SmolVLAPolicy(nn.Module):
         Returns (loss, info); info holds detached tensors (no device sync here): the losses before
         and after masking, and `per_sample` (B,). reduction "none" returns the per-sample loss.
         """
+        if self.inference_mode is not None:
+            raise RuntimeError(
+                f"forward: this policy was prepared for inference ({self.inference_mode}) and cannot be "
+                "trained; load the checkpoint without inference_mode to train"
+            )
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction: got {reduction!r}, expected 'mean' or 'none'")
         images, img_masks, tokens, token_mask, state = self._prepare_inputs(batch)

@@ -103,6 +103,7 @@ class EvalConfig:
     videos: bool = True  # one MP4 per task, of its first episode
     device: str = "cpu"
     policy_type: str = "smolvla"
+    inference_mode: str | None = None  # smolvla.inference: fp32 | bf16 | int8 | auto (None: as loaded)
 
     def __post_init__(self) -> None:
         tasks = self.tasks
@@ -126,6 +127,10 @@ class EvalConfig:
                 f"policy_path: got {self.policy_path!r} with policy_type='expert', expected None "
                 "(the scripted expert has no checkpoint)"
             )
+        if self.inference_mode is not None:
+            from smolvla.inference import resolve_mode
+
+            resolve_mode(self.inference_mode)  # raises, naming the mode and the choices
         _positive("n_episodes", self.n_episodes)
         _positive("max_episode_steps", self.max_episode_steps)
         _positive("workers", self.workers)
@@ -158,6 +163,7 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
         "policy_type": cfg.policy_type,
         "max_episode_steps": cfg.max_episode_steps,
         "device": cfg.device,
+        "inference_mode": cfg.inference_mode,
     }
     if cfg.policy_type == "expert":
         return {**spec, "image_size": cfg.image_size or EXPERT_IMAGE_SIZE}
@@ -242,7 +248,12 @@ class PolicyActor:
         from smolvla.policy import SmolVLAPolicy
         from smolvla.processing import make_pre_post_processors
 
-        policy = SmolVLAPolicy.from_pretrained(spec["path"], device=spec["device"], **spec["overrides"])
+        policy = SmolVLAPolicy.from_pretrained(
+            spec["path"],
+            device=spec["device"],
+            inference_mode=spec.get("inference_mode"),
+            **spec["overrides"],
+        )
         pre, post = make_pre_post_processors(
             policy.config, pretrained_path=spec["path"], device=spec["device"]
         )
@@ -561,7 +572,7 @@ def build_report(
     all_eps = [e for per_task in results.values() for e in per_task.values()]
     steps = sum(e["steps"] for e in all_eps)
     act_seconds = sum(e["act_seconds"] for e in all_eps)
-    keys = ("path", "camera", "n_action_steps", "num_steps", "chunk_size")
+    keys = ("path", "camera", "n_action_steps", "num_steps", "chunk_size", "inference_mode")
     policy = {k: spec[k] for k in keys if k in spec}
     return {
         "benchmark": "metaworld",
@@ -645,6 +656,7 @@ FLAGS = {
     "policy.n_action_steps": "actions executed per predicted chunk (default: the checkpoint's)",
     "policy.num_steps": "denoising steps (default: the checkpoint's)",
     "policy.device": "cpu (default), cuda, mps",
+    "policy.inference_mode": "fp32 | bf16 | int8 | auto: prepared for fast inference (default: none)",
     "env.type": "metaworld (the only one)",
     "env.task": "comma-separated tasks, e.g. reach-v3,drawer-close-v3 (or buckets)",
     "env.difficulty": "easy | medium | hard | very_hard | all (instead of --env.task)",
@@ -720,6 +732,7 @@ def config_from_flags(flags: dict[str, str]) -> EvalConfig:
         "max_episode_steps": _int(flags, "eval.max_episode_steps"),
         "workers": _int(flags, "eval.workers"),
         "device": flags.get("policy.device"),
+        "inference_mode": flags.get("policy.inference_mode"),
     }
     return EvalConfig(
         policy_path=flags.get("policy.path"),

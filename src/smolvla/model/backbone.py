@@ -16,37 +16,57 @@ from smolvla.config import BackboneConfig, TextConfig, VisionConfig
 # Attention and RoPE, shared by the backbone and the action expert
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Grouped-query attention. q (B, Lq, H, D), k/v (B, Lk, KV, D), mask (B, Lq, Lk) bool -> (B, Lq, H*D).
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An attention mask (B, Lq, Lk) bool as the additive bias `attention` uses: (B, 1, Lq, Lk).
 
     Masked scores get the dtype's finite minimum (as LeRobot does), not -inf: a fully masked row (a
     padding token) then attends uniformly instead of producing NaN, which would leak through later
     layers' value projections.
     """
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return bias.masked_fill_(~mask, torch.finfo(dtype).min)[:, None]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention. q (B, Lq, H, D), k/v (B, Lk, KV, D) -> (B, Lq, H*D).
+
+    mask: (B, Lq, Lk) bool, or the bias `attention_bias` made from it in q's dtype (the denoising loop
+    builds it once per step instead of once per layer), or None.
+    """
     b, lq, h, d = q.shape
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, D)
     bias = None
     if mask is not None:
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
-        bias.masked_fill_(~mask, torch.finfo(q.dtype).min)
-        bias = bias[:, None]  # (B, 1, Lq, Lk)
+        bias = mask if mask.is_floating_point() else attention_bias(mask, q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5, enable_gqa=k.shape[1] != h)
     return out.transpose(1, 2).reshape(b, lq, h * d)
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, max_wavelength: float = 10_000.0) -> torch.Tensor:
-    """Split-half rotary embedding. x (B, L, H, D), positions (B, L).
+def rope_tables(
+    positions: torch.Tensor, dim: int, max_wavelength: float = 10_000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (B, L, 1, dim/2) fp32, for `apply_rope`.
 
     SmolVLA hard-codes a base of 10 000 although SmolVLM2 was trained with 100 000 (spec §8.2);
     checkpoints were trained with 10 000, so that is what must be computed.
     """
-    d_half = x.shape[-1] // 2
+    exponents = (2.0 / dim) * torch.arange(dim // 2, dtype=torch.float32, device=positions.device)
+    radians = positions[..., None].float() / max_wavelength**exponents  # (B, L, D/2)
+    return torch.cos(radians)[:, :, None], torch.sin(radians)[:, :, None]
+
+
+def apply_rope(
+    x: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    max_wavelength: float = 10_000.0,
+    tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Split-half rotary embedding in fp32. x (B, L, H, D); positions (B, L), or `tables` from
+    `rope_tables` (a loop over layers at the same positions computes them once)."""
+    cos, sin = rope_tables(positions, x.shape[-1], max_wavelength) if tables is None else tables
     dtype = x.dtype
     x = x.float()
-    exponents = (2.0 / x.shape[-1]) * torch.arange(d_half, dtype=torch.float32, device=x.device)
-    timescale = max_wavelength**exponents
-    radians = positions[..., None].float() / timescale  # (B, L, D/2)
-    sin, cos = torch.sin(radians)[:, :, None], torch.cos(radians)[:, :, None]  # (B, L, 1, D/2)
+    d_half = x.shape[-1] // 2
     x1, x2 = x[..., :d_half], x[..., d_half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(dtype)
 
@@ -87,11 +107,15 @@ class VisionAttention(nn.Module):
         e = cfg.hidden_size
         self.heads = cfg.num_attention_heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(e, e) for _ in range(4))
+        self.qkv: nn.Module | None = None  # q|k|v as one GEMM, set by smolvla.inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, e = x.shape
         shape = (b, n, self.heads, e // self.heads)
-        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).unbind(2)
+        else:
+            q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
         return self.out_proj(attention(q, k, v, None))
 
 
@@ -189,11 +213,22 @@ class SelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.cross = kv_in is not None  # k/v read another stream (the VLM's keys and values)
         kv_in = hidden if kv_in is None else kv_in  # cross-attention layers project the VLM's k/v
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(kv_in, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(kv_in, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        # Set by smolvla.inference: fused projections (q|k|v from one input; k|v alone in a layer whose
+        # queries are never used), and the dtype inputs are cast to once int8 weights hide it (fp32).
+        self.qkv: nn.Module | None = None
+        self.kv: nn.Module | None = None
+        self.compute_dtype: torch.dtype | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the projections take their input in."""
+        return self.compute_dtype or self.o_proj.weight.dtype
 
 
 class MLP(nn.Module):
@@ -202,8 +237,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up: nn.Module | None = None  # gate|up as one GEMM, set by smolvla.inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -217,11 +256,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hidden, cfg.rms_norm_eps)
         self.mlp = MLP(hidden, intermediate)
 
-    def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h (B, L, W) -> q (B, L, H, D), k and v (B, L, KV, D)."""
+    def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """h (B, L, W) -> q (B, L, H, D), k and v (B, L, KV, D). q is None when the layer was pruned
+        to its keys and values (the last VLM layer the expert reads, prepared for inference)."""
         a = self.self_attn
-        x = self.input_layernorm(h).to(a.q_proj.weight.dtype)
+        x = self.input_layernorm(h).to(a.dtype)
         b, n = x.shape[:2]
+        if a.qkv is not None:
+            kv = a.kv_heads * a.head_dim
+            q, k, v = a.qkv(x).split([a.heads * a.head_dim, kv, kv], dim=-1)
+            return q.view(b, n, -1, a.head_dim), k.view(b, n, -1, a.head_dim), v.view(b, n, -1, a.head_dim)
+        if a.kv is not None:
+            k, v = a.kv(x).view(b, n, 2, -1, a.head_dim).unbind(2)
+            return None, k, v
         return (
             a.q_proj(x).view(b, n, -1, a.head_dim),
             a.k_proj(x).view(b, n, -1, a.head_dim),
@@ -230,20 +277,20 @@ class DecoderLayer(nn.Module):
 
     def query(self, h: torch.Tensor) -> torch.Tensor:
         a = self.self_attn
-        x = self.input_layernorm(h).to(a.q_proj.weight.dtype)
+        x = self.input_layernorm(h).to(a.dtype)
         return a.q_proj(x).view(*x.shape[:2], -1, a.head_dim)
 
     def project_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention: the expert's k/v of the VLM's (rotated) keys and values. (B, P, KV, D) each."""
         a = self.self_attn
-        dtype = a.k_proj.weight.dtype
-        k2 = a.k_proj(k.flatten(2).to(dtype)).view(*k.shape[:2], -1, a.head_dim)
-        v2 = a.v_proj(v.flatten(2).to(dtype)).view(*v.shape[:2], -1, a.head_dim)
+        k, v = k.flatten(2).to(a.dtype), v.flatten(2).to(a.dtype)
+        k2 = a.k_proj(k).view(*k.shape[:2], -1, a.head_dim)
+        v2 = a.v_proj(v).view(*v.shape[:2], -1, a.head_dim)
         return k2, v2
 
     def finish(self, h: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         """Residual attention output, then the residual MLP. att (B, L, H*D)."""
-        o = self.self_attn.o_proj(att.to(self.self_attn.o_proj.weight.dtype))
+        o = self.self_attn.o_proj(att.to(self.self_attn.dtype))
         h = (o + h).to(o.dtype)  # the stream takes the layer's dtype, as LeRobot's in-place add does
         return h + self.mlp(self.post_attention_layernorm(h))
 

@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from smolvla.config import BackboneConfig, SmolVLAConfig, expert_intermediate_size
-from smolvla.model.backbone import DecoderLayer, RMSNorm, SmolVLM, apply_rope, attention
+from smolvla.model.backbone import (
+    DecoderLayer,
+    RMSNorm,
+    SmolVLM,
+    apply_rope,
+    attention,
+    attention_bias,
+    rope_tables,
+)
 
 
 def make_att_2d_masks(pad_masks: torch.Tensor, ar_marks: torch.Tensor) -> torch.Tensor:
@@ -98,11 +106,31 @@ class VLMWithExpert(nn.Module):
         return None if j is None else self.lm_expert.layers[j]
 
     def forward(
-        self, prefix: torch.Tensor, suffix: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+        self,
+        prefix: torch.Tensor,
+        suffix: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        constant_prefix: int = 0,
     ) -> torch.Tensor:
         """Training pass, no cache. prefix (B, P, D), suffix (B, S, E), mask (B, P+S, P+S),
-        positions (B, P+S) -> expert output (B, S, E) after the final norm."""
+        positions (B, P+S) -> expert output (B, S, E) after the final norm.
+
+        constant_prefix: how many leading prefix tokens attend only among themselves (images and
+        language, before the state). When the whole VLM is frozen, those tokens' keys and values
+        depend on no trained weight, so they are computed without autograd (no activations kept, no
+        backward through 16 layers); the remaining prefix tokens (the state, fed by the trained
+        state_proj) and the expert keep theirs. The result is the same as the joint pass."""
         p = prefix.shape[1]
+        if 0 < constant_prefix <= p and torch.is_grad_enabled() and not self._vlm_trained():
+            c = constant_prefix
+            with torch.no_grad():  # detached first: a view made under no_grad would still require grad
+                kvs = self._prefix_kv(prefix[:, :c].detach(), mask[:, :c, :c], positions[:, :c])
+            if c < p:
+                kvs = self._prefix_kv(prefix[:, c:], mask[:, c:p, :p], positions[:, c:p], past=kvs)
+            return self.denoise(
+                suffix, self._expert_cache(kvs), mask[:, p, :p], mask[:, p:, p:], positions[:, p:]
+            )
         pre_mask, pre_pos = mask[:, :p, :p], positions[:, :p]
         suf_pos_ca = positions[:, p:] - positions[:, p:].min(dim=1, keepdim=True).values
         for i in range(self.last_used + 1):
@@ -127,27 +155,47 @@ class VLMWithExpert(nn.Module):
                 prefix = vlm.finish(prefix, attention(q, k, v, pre_mask))
         return self.lm_expert.norm(suffix)
 
-    @torch.no_grad()
-    def prefill(self, prefix: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list:
-        """Runs the prefix alone (every layer as self-attention) and returns, per VLM layer, the
-        keys/values the expert reads: for self-attention layers the VLM's rotated k and v
-        (B, P, KV, Dh); for cross-attention layers those already projected by the expert, so that the
-        denoising loop does not redo it at every step. None where no expert layer sits."""
-        cache: list = []
+    def _vlm_trained(self) -> bool:
+        return any(p.requires_grad for p in self.vlm.parameters())
+
+    def _prefix_kv(
+        self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, past: list | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Runs prefix tokens x (B, N, D) through the VLM layers the expert reads, attending to `past`
+        (per layer, the rotated k and v of earlier tokens) and to themselves: mask (B, N, past + N),
+        positions (B, N). Returns per layer the rotated k and v of past and x, (B, past + N, KV, Dh)."""
+        out = []
+        rope = rope_tables(positions, self.vlm.model.text_model.layers[0].self_attn.head_dim)
         for i in range(self.last_used + 1):
             vlm = self.vlm.model.text_model.layers[i]
+            q, k, v = vlm.qkv(x)
+            k = apply_rope(k, tables=rope)
+            if past is not None:
+                k, v = torch.cat([past[i][0], k], 1), torch.cat([past[i][1], v], 1)
+            out.append((k, v))
+            if i < self.last_used:
+                x = vlm.finish(x, attention(apply_rope(q, tables=rope), k, v, mask))
+        return out
+
+    def _expert_cache(self, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> list:
+        cache: list = []
+        for i, (k, v) in enumerate(kvs):
             exp = self.expert_layer(i)
-            q, k, v = vlm.qkv(prefix)
-            q, k = apply_rope(q, positions), apply_rope(k, positions)
             if exp is None:
                 cache.append(None)
             elif self.kinds[i] == "sa":
                 cache.append((k, v))
             else:
                 cache.append(exp.project_kv(k, v))
-            if i < self.last_used:
-                prefix = vlm.finish(prefix, attention(q, k, v, mask))
         return cache
+
+    @torch.no_grad()
+    def prefill(self, prefix: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list:
+        """Runs the prefix alone (every layer as self-attention) and returns, per VLM layer, the
+        keys/values the expert reads: for self-attention layers the VLM's rotated k and v
+        (B, P, KV, Dh); for cross-attention layers those already projected by the expert, so that the
+        denoising loop does not redo it at every step. None where no expert layer sits."""
+        return self._expert_cache(self._prefix_kv(prefix, mask, positions))
 
     def denoise(
         self,
@@ -162,19 +210,30 @@ class VLMWithExpert(nn.Module):
         s = suffix.shape[1]
         cross_mask = prefix_pad[:, None, :].expand(-1, s, -1)  # (B, S, P)
         joint_mask = torch.cat([cross_mask, suffix_mask], dim=2)  # (B, S, P+S)
-        ca_pos = positions - positions.min(dim=1, keepdim=True).values
+        # Rotary tables and additive masks are the same in every layer: built once per step, per dtype.
+        head_dim = self.lm_expert.layers[0].self_attn.head_dim
+        rope_sa = rope_tables(positions, head_dim)
+        rope_ca = rope_tables(positions - positions.min(dim=1, keepdim=True).values, head_dim)
+        biases: dict = {}
+
+        def bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            key = (id(mask), dtype)
+            if key not in biases:
+                biases[key] = attention_bias(mask, dtype)
+            return biases[key]
+
         for i, kv in enumerate(cache):
             exp = self.expert_layer(i)
             if exp is None:
                 continue
             if self.kinds[i] == "sa":
                 qs, ks, vs = exp.qkv(suffix)
-                qs, ks = apply_rope(qs, positions), apply_rope(ks, positions)
+                qs, ks = apply_rope(qs, tables=rope_sa), apply_rope(ks, tables=rope_sa)
                 k, v = torch.cat([kv[0], ks.to(kv[0].dtype)], 1), torch.cat([kv[1], vs.to(kv[1].dtype)], 1)
-                att = attention(qs.to(k.dtype), k, v, joint_mask)
+                att = attention(qs.to(k.dtype), k, v, bias(joint_mask, k.dtype))
             else:
-                qs = apply_rope(exp.query(suffix), ca_pos)
-                att = attention(qs.to(kv[0].dtype), kv[0], kv[1], cross_mask)
+                qs = apply_rope(exp.query(suffix), tables=rope_ca)
+                att = attention(qs.to(kv[0].dtype), kv[0], kv[1], bias(cross_mask, kv[0].dtype))
             suffix = exp.finish(suffix, att)
         return self.lm_expert.norm(suffix)
 
@@ -317,7 +376,8 @@ class VLAFlowMatching(nn.Module):
         ar = torch.cat([prefix.ar, torch.ones(b, s, dtype=torch.long, device=suffix.device)], 1)
         mask = make_att_2d_masks(pad, ar)  # image+language bidirectional, state after, actions causal
         positions = torch.cumsum(pad, dim=1) - 1  # padding repeats the previous position
-        return self._velocity(self.vlm_with_expert(prefix.embs, suffix, mask, positions))
+        constant = int((prefix.ar.cumsum(dim=1) == 0).all(dim=0).sum())  # tokens before the state
+        return self._velocity(self.vlm_with_expert(prefix.embs, suffix, mask, positions, constant))
 
     # -- inference -----------------------------------------------------------------------------------
 

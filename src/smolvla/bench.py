@@ -1,0 +1,658 @@
+"""Speed and memory benchmarks (`smolvla bench`, `benchmarks/*.py`): random weights, this machine.
+
+    smolvla bench matmul                                   # the machine's GEMM peak, per dtype
+    smolvla bench inference --preset base --cams 2 3 --mode reference fp32 bf16 int8
+    smolvla bench train --preset base --cams 2 --batch 4 --frozen-dtype float32 bfloat16
+    smolvla bench all --compare /path/to/lerobot-env/bin/python   # every figure of the README table
+
+Each case runs in its own process (so peak RSS is the case's alone) and prints one JSON line: warm-up,
+then the median (and min) of `--runs` timed runs, the split into stages, FLOP/s against the matmul
+peak measured in the same invocation, and two peak RSS figures: the whole process (loading included)
+and during the timed runs only (LeRobot's script reports the latter). Inference cases load one random
+checkpoint written in LeRobot's layout (bf16 backbone and expert, fp32 projections), so every mode runs
+the same weights and each reports its action error against the fp32 reference on the same noise.
+
+`--compare PYTHON` also runs LeRobot's SmolVLA (its reference script, `--lerobot-script`) in that
+interpreter for the matching cases and prints its JSON lines and a ratio line beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+INFER_MODES = ("reference", "fp32", "bf16", "int8")
+# LeRobot's precision beside each of our modes (its best bf16 setting for ours in bf16 and int8)
+LEROBOT_PREC = {"reference": "fp32", "fp32": "fp32", "bf16": "bf16vlm_expert", "int8": "bf16vlm_expert"}
+DEFAULT_LEROBOT_SCRIPT = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "tools"
+    / "lerobot_reference"
+    / "bench_smolvla_ref.py"
+)
+
+
+class BenchError(ValueError):
+    """A benchmark option is wrong (the message names it)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> None:
+    """Restarts the kernel's peak-RSS counter (VmHWM), so that later peaks belong to what follows."""
+    gc.collect()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peaks() -> dict[str, float]:
+    return {
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_rss_runs_gb": round(_status_kb("VmHWM") / 2**20, 3),
+    }
+
+
+def _median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 4)
+
+
+def matmul_peak(threads: int, seconds: float = 1.0) -> dict[str, Any]:
+    """GFLOP/s of one large GEMM (2048^3, and the vision tower's 2048x768x3072) per dtype."""
+    from smolvla.inference import Int8Linear, int8_supported
+
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {"case": "matmul", "threads": threads}
+    for name, (m, k, n) in {"sq2048": (2048, 2048, 2048), "vit_fc1": (2048, 768, 3072)}.items():
+        x = torch.randn(m, k)
+        lin = torch.nn.Linear(k, n, bias=False)
+        cases = {
+            "float32": (lin, x),
+            "bfloat16": (torch.nn.Linear(k, n, bias=False).bfloat16(), x.bfloat16()),
+        }
+        if int8_supported():
+            cases["int8"] = (Int8Linear(lin), x)
+        for dt, (layer, inp) in cases.items():
+            fn = functools.partial(layer, inp)
+            with torch.no_grad():
+                for _ in range(3):
+                    fn()
+                reps = max(3, int(seconds * 100e9 / (2 * m * k * n)))
+                rates = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        fn()
+                    rates.append(2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+            out[f"{name}_{dt}_gflops"] = round(max(rates), 1)
+    for dt in ("float32", "bfloat16", "int8"):
+        vals = [v for k2, v in out.items() if k2.endswith(f"_{dt}_gflops")]
+        if vals:
+            out[f"peak_{dt}_gflops"] = max(vals)
+    out["torch"] = torch.__version__
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Cases (each in its own process)
+
+
+def _config(preset_name: str, cams: int | None, **overrides: Any):
+    from smolvla.config import FeatureType, PolicyFeature, preset
+
+    cfg = preset(preset_name)
+    if cams is not None:
+        if cams < 1:
+            raise BenchError(f"--cams: got {cams}, expected >= 1")
+        shape = next(iter(cfg.image_features.values())).shape
+        feats = {k: v for k, v in cfg.input_features.items() if v.type != FeatureType.VISUAL}
+        feats.update(
+            {
+                f"observation.images.camera{i + 1}": PolicyFeature(FeatureType.VISUAL, shape)
+                for i in range(cams)
+            }
+        )
+        cfg = dataclasses.replace(cfg, input_features=feats)
+    return dataclasses.replace(cfg, load_vlm_weights=False, **overrides)
+
+
+def _batch(policy, b: int, lang: int, actions: bool = False) -> dict[str, torch.Tensor]:
+    cfg = policy.config
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(b, *f.shape, generator=g) for k, f in cfg.image_features.items()}
+    batch["observation.state"] = torch.randn(b, cfg.state_feature.shape[0], generator=g)
+    vocab = min(250, policy.backbone.text.vocab_size)
+    batch["observation.language.tokens"] = torch.randint(3, vocab, (b, lang), generator=g)
+    batch["observation.language.attention_mask"] = torch.ones(b, lang, dtype=torch.bool)
+    if actions:
+        batch["action"] = torch.randn(b, cfg.chunk_size, cfg.action_feature.shape[0], generator=g)
+        batch["action_is_pad"] = torch.zeros(b, cfg.chunk_size, dtype=torch.bool)
+    return batch
+
+
+def write_checkpoint(preset_name: str, cams: int, folder: Path, seed: int = 0) -> None:
+    """A random-weight checkpoint in LeRobot's layout: bf16 backbone and expert, fp32 projections."""
+    from smolvla.policy import SmolVLAPolicy
+
+    torch.manual_seed(seed)
+    policy = SmolVLAPolicy(_config(preset_name, cams))
+    policy._file_dtypes = {
+        k: torch.bfloat16 if k.startswith("model.vlm_with_expert.") else torch.float32
+        for k in policy.state_dict()
+    }
+    policy.save_pretrained(folder)
+
+
+def _count_flops(policy: torch.nn.Module, run) -> float:
+    """FLOPs of run(): torch's counter, plus the int8 GEMMs it does not see (counted by hooks)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from smolvla.inference import Int8Linear
+
+    extra = [0]
+
+    def hook(mod: Int8Linear, args: tuple) -> None:
+        extra[0] += 2 * args[0].numel() * mod.out_features
+
+    handles = [m.register_forward_pre_hook(hook) for m in policy.modules() if isinstance(m, Int8Linear)]
+    with FlopCounterMode(display=False) as fc:
+        run()
+    for h in handles:
+        h.remove()
+    return fc.get_total_flops() + extra[0]
+
+
+def inference_case(
+    preset_name: str,
+    checkpoint: Path,
+    mode: str,
+    runs: int,
+    threads: int,
+    lang: int,
+    num_steps: int | None,
+    actions_out: Path,
+) -> dict[str, Any]:
+    from smolvla.model.vla import make_att_2d_masks
+    from smolvla.policy import SmolVLAPolicy
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    if mode == "reference":  # the plain policy, as before any inference preparation
+        policy = SmolVLAPolicy.from_pretrained(checkpoint)
+    else:
+        policy = SmolVLAPolicy.from_pretrained(checkpoint, inference_mode=mode)
+    load_s = time.perf_counter() - t0
+    cfg = policy.config
+    steps = num_steps or cfg.num_steps
+    batch = _batch(policy, 1, lang)
+    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1))
+    model = policy.model
+
+    @torch.no_grad()
+    def chunk() -> tuple[torch.Tensor, float, float, float]:
+        t0 = time.perf_counter()
+        images, masks, tokens, tmask, state = policy._prepare_inputs(batch)
+        prefix = model.embed_prefix(images, masks, tokens, tmask, state)
+        t1 = time.perf_counter()
+        cache = model.vlm_with_expert.prefill(
+            prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), prefix.pad.cumsum(1) - 1
+        )
+        t2 = time.perf_counter()
+        s = cfg.chunk_size
+        x = noise.clone()
+        mask = make_att_2d_masks(torch.ones(1, s, dtype=torch.bool), torch.ones(1, s, dtype=torch.long))
+        pos = prefix.pad.sum(1, keepdim=True) + torch.arange(s)[None]
+        dt = -1.0 / steps
+        for step in range(steps):  # the Euler loop of VLAFlowMatching.sample_actions
+            t = torch.full((1,), 1.0 + step * dt, dtype=torch.float32)
+            x = x + dt * model.velocity(x, t, cache, prefix.pad, mask, pos)
+        return x, t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    chunk()  # warm-up
+    _reset_peak_rss()
+    samples, cpu = [], []
+    for _ in range(runs):
+        c0 = time.process_time()
+        samples.append(chunk())
+        cpu.append(time.process_time() - c0)
+    peaks = _peaks()
+    actions = samples[-1][0][:, :, : cfg.action_feature.shape[0]]
+    # the stages are exactly predict_action_chunk's: check it gives the same actions
+    same = torch.equal(actions, policy.predict_action_chunk(batch, noise=noise.clone(), num_steps=steps))
+    torch.save(actions, actions_out)
+    flops = _count_flops(policy, chunk)
+    totals = [a + b + c for _, a, b, c in samples]
+    med = statistics.median(totals)
+    from smolvla.inference import param_bytes
+
+    return {
+        "case": "inference",
+        "impl": "smolvla",
+        "preset": preset_name,
+        "cams": len(cfg.image_features),
+        "mode": mode,
+        "threads": threads,
+        "lang_tokens": lang,
+        "num_steps": steps,
+        "runs": runs,
+        "s_per_chunk_median": _median(totals),
+        "s_per_chunk_min": round(min(totals), 4),
+        "chunks_per_s": round(1 / med, 3),
+        # CPU seconds of this process per chunk: with 1 thread, a figure that other jobs on the
+        # machine barely change (wall time doubles under contention, CPU time does not)
+        "cpu_s_per_chunk_median": _median(cpu),
+        "vision_s_median": _median([a for _, a, _, _ in samples]),
+        "prefix_s_median": _median([b for _, _, b, _ in samples]),
+        "denoise_s_median": _median([c for _, _, _, c in samples]),
+        "gflop_per_chunk": round(flops / 1e9, 1),
+        "gflops_per_s": round(flops / med / 1e9, 1),
+        "weights_gb": round(param_bytes(policy) / 2**30, 3),
+        **peaks,
+        "load_s": round(load_s, 2),
+        "stages_equal_predict_action_chunk": same,
+        "torch": torch.__version__,
+    }
+
+
+def train_case(
+    preset_name: str, cams: int | None, batch_size: int, runs: int, threads: int, lang: int, frozen_dtype: str
+) -> dict[str, Any]:
+    from smolvla.policy import SmolVLAPolicy
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = _config(preset_name, cams)
+    policy = SmolVLAPolicy(cfg).train()
+    if frozen_dtype != "float32":
+        policy.set_precision(getattr(torch, frozen_dtype), frozen_only=True)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optimizer_lr, betas=cfg.optimizer_betas, eps=cfg.optimizer_eps)
+    data = _batch(policy, batch_size, lang, actions=True)
+
+    def step() -> tuple[float, float, float, float]:
+        t0 = time.perf_counter()
+        loss, _ = policy(data)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, cfg.optimizer_grad_clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return t1 - t0, t2 - t1, time.perf_counter() - t0, float(loss.detach())
+
+    step()  # warm-up (and AdamW's state)
+    _reset_peak_rss()
+    samples = [step() for _ in range(runs)]
+    peaks = _peaks()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = policy(data)
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    total = statistics.median(s[2] for s in samples)
+    fwd_bwd = statistics.median(s[0] + s[1] for s in samples)
+    return {
+        "case": "train_step",
+        "impl": "smolvla",
+        "preset": preset_name,
+        "cams": len(cfg.image_features),
+        "batch": batch_size,
+        "frozen_dtype": frozen_dtype,
+        "threads": threads,
+        "lang_tokens": lang,
+        "runs": runs,
+        "s_per_step_median": round(total, 4),
+        "forward_s_median": _median([s[0] for s in samples]),
+        "backward_s_median": _median([s[1] for s in samples]),
+        "fwd_bwd_s_median": round(fwd_bwd, 4),
+        "samples_per_s": round(batch_size / total, 1),
+        "gflop_fwd_bwd": round(fc.get_total_flops() / 1e9, 1),
+        "gflops_per_s": round(fc.get_total_flops() / fwd_bwd / 1e9, 1),
+        "params": sum(p.numel() for p in policy.parameters()),
+        "trainable": sum(p.numel() for p in params),
+        "losses": [round(s[3], 4) for s in samples],
+        **peaks,
+        "torch": torch.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# LeRobot's implementation, in its own interpreter
+
+
+def lerobot_case(python: str, script: Path, args: list[str], threads: int, runs: int) -> dict[str, Any]:
+    """One case of LeRobot's reference script; its RESULT line, with our field names added."""
+    cmd = [
+        python,
+        str(script),
+        *args,
+        "--threads",
+        str(threads),
+        "--runs",
+        str(runs),
+        "--max-runs",
+        str(runs),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        return {"impl": "lerobot", "args": args, "error": (p.stderr or p.stdout)[-2000:], "rc": p.returncode}
+    r = json.loads(lines[-1][len("RESULT ") :])
+    out: dict[str, Any] = {"impl": "lerobot", "args": args, "threads": r.get("threads")}
+    if args[0] == "infer":
+        br = r.get("breakdown_median_run", {})
+        out.update(
+            case="inference",
+            s_per_chunk_median=round(r["median_s"], 4),
+            vision_s_median=br.get("embed_image_s"),
+            prefix_s_median=br.get("prefix_vlm_forward_s"),
+            denoise_s_median=br.get("denoise_total_s"),
+            peak_rss_runs_gb=round(r["peak_rss_during_runs_MiB"] / 1024, 3),
+            n_clean_runs=r.get("n_clean"),
+            runs_s=r.get("all_runs_s"),
+        )
+    elif args[0] == "train":
+        out.update(
+            case="train_step",
+            s_per_step_median=round(r["median_fwd_bwd_s"] + r["median_clip_adamw_s"], 4),
+            fwd_bwd_s_median=round(r["median_fwd_bwd_s"], 4),
+            forward_s_median=round(r["median_fwd_s"], 4),
+            backward_s_median=round(r["median_bwd_s"], 4),
+            peak_rss_runs_gb=round(r["peak_rss_during_runs_MiB"] / 1024, 3),
+            n_clean_runs=r["fwd_bwd"].get("n_clean"),
+        )
+    out["torch"] = r.get("torch")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "smolvla.bench", "_case", *args]
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])  # the package this driver runs, also in the child
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        return {"case": args[0], "args": args, "error": p.stderr[-2000:], "rc": p.returncode}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _emit(rec: dict[str, Any]) -> None:
+    print(json.dumps(rec), flush=True)
+
+
+def _check_compare(python: str | None, script: Path) -> None:
+    if python is None:
+        return
+    if not Path(python).is_file() or not os.access(python, os.X_OK):
+        raise BenchError(
+            f"--compare: got {python!r}, expected the python executable of LeRobot's environment "
+            "(build it with shared/tools/lerobot_reference/make_lerobot_env.sh)"
+        )
+    if not script.is_file():
+        raise BenchError(f"--lerobot-script: {script} does not exist (LeRobot's bench_smolvla_ref.py)")
+    if not (script.parent / "smolvlm2_500m_config").is_dir():
+        raise BenchError(
+            f"--lerobot-script: no smolvlm2_500m_config/ beside {script}; make_lerobot_env.sh writes it "
+            "there (run it, or point --lerobot-script at the copy where it ran)"
+        )
+
+
+def _ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, Any]:
+    rec = {
+        "case": "ratio",
+        "of": key,
+        "ours": {k: ours.get(k) for k in ("case", "mode", "frozen_dtype", "cams")},
+    }
+    rec["lerobot_args"] = theirs.get("args")
+    if "error" in ours or "error" in theirs or not theirs.get(key) or not ours.get(key):
+        rec["error"] = "a side failed"
+        return rec
+    rec.update(ours_s=ours[key], lerobot_s=theirs[key], speedup=round(theirs[key] / ours[key], 2))
+    for k in ("peak_rss_runs_gb",):
+        if ours.get(k) and theirs.get(k):
+            rec[f"{k}_ours"], rec[f"{k}_lerobot"] = ours[k], theirs[k]
+    return rec
+
+
+def run_matmul(threads: int) -> dict[str, Any]:
+    rec = _child(["matmul", "--threads", str(threads)])
+    _emit(rec)
+    return rec
+
+
+def _with_peak(rec: dict[str, Any], peak: dict[str, Any] | None, dtype: str) -> dict[str, Any]:
+    key = f"peak_{dtype}_gflops"
+    if peak and rec.get("gflops_per_s") and peak.get(key):
+        rec["matmul_peak_gflops"] = peak[key]
+        rec["of_matmul_peak"] = round(rec["gflops_per_s"] / peak[key], 3)
+    return rec
+
+
+def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
+    for m in a.mode:
+        if m not in INFER_MODES:
+            raise BenchError(f"--mode: got {m!r}, expected some of {list(INFER_MODES)}")
+    out = []
+    with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
+        for cams in a.cams:
+            ckpt = Path(tmp) / f"{a.preset}-{cams}cams"
+            _child(["checkpoint", "--preset", a.preset, "--cams", str(cams), "--out", str(ckpt)])
+            if not (ckpt / "model.safetensors").is_file():
+                raise BenchError(
+                    f"could not write the random checkpoint for --preset {a.preset} --cams {cams}"
+                )
+            refs: dict[str, torch.Tensor] = {}
+            lerobot: dict[str, dict[str, Any]] = {}
+            for mode in a.mode:
+                act = Path(tmp) / f"actions-{cams}-{mode}.pt"
+                args = ["inference", "--preset", a.preset, "--checkpoint", str(ckpt), "--mode", mode]
+                args += ["--runs", str(a.runs)]
+                args += ["--threads", str(a.threads), "--lang", str(a.lang), "--actions-out", str(act)]
+                if a.num_steps:
+                    args += ["--num-steps", str(a.num_steps)]
+                rec = _child(args)
+                if act.is_file():
+                    refs[mode] = torch.load(act)
+                    base = refs.get("fp32", refs.get("reference"))
+                    if base is not None and mode not in ("fp32", "reference"):
+                        err = (refs[mode] - base).abs()
+                        rec["action_err_vs_fp32_mean"] = float(f"{err.mean().item():.3g}")
+                        rec["action_err_vs_fp32_max"] = float(f"{err.max().item():.3g}")
+                    elif mode == "fp32" and "reference" in refs:
+                        rec["action_err_vs_reference_max"] = float(
+                            f"{(refs['fp32'] - refs['reference']).abs().max().item():.3g}"
+                        )
+                _emit(
+                    _with_peak(
+                        rec, peak, "int8" if mode == "int8" else "bfloat16" if mode == "bf16" else "float32"
+                    )
+                )
+                out.append(rec)
+                if a.compare and a.preset == "base" and not a.num_steps:
+                    prec = LEROBOT_PREC[mode]
+                    if prec not in lerobot:
+                        lr_args = ["infer", "--cams", str(cams), "--prec", prec, "--n-lang", str(a.lang)]
+                        lerobot[prec] = lerobot_case(a.compare, a.lerobot_script, lr_args, a.threads, a.runs)
+                        _emit(lerobot[prec])
+                    _emit(_ratio(rec, lerobot[prec], "s_per_chunk_median"))
+    return out
+
+
+def run_train(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
+    out = []
+    lerobot = None
+    for fd in a.frozen_dtype:
+        args = ["train", "--preset", a.preset, "--batch", str(a.batch), "--runs", str(a.runs)]
+        args += ["--threads", str(a.threads), "--lang", str(a.lang), "--frozen-dtype", fd]
+        if a.cams is not None:
+            args += ["--cams", str(a.cams)]
+        rec = _with_peak(_child(args), peak, "float32")
+        _emit(rec)
+        out.append(rec)
+        if a.compare and a.preset == "base":
+            if lerobot is None:
+                lr_args = ["train", "--cams", str(rec.get("cams", a.cams or 2)), "--bs", str(a.batch)]
+                lr_args += ["--n-lang", str(a.lang)]
+                lerobot = lerobot_case(a.compare, a.lerobot_script, lr_args, a.threads, a.runs)
+                _emit(lerobot)
+            _emit(_ratio(rec, lerobot, "s_per_step_median"))
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads", type=int, default=_default_threads(), help="intra-op threads (default: all cores)"
+    )
+    p.add_argument("--runs", type=int, default=5, help="timed runs after the warm-up (median reported)")
+    p.add_argument("--compare", metavar="PYTHON", help="also time LeRobot's SmolVLA with this interpreter")
+    p.add_argument(
+        "--lerobot-script", type=Path, default=DEFAULT_LEROBOT_SCRIPT, help="LeRobot's bench script"
+    )
+    p.add_argument("--no-matmul", action="store_true", help="skip measuring the GEMM peak first")
+
+
+def _default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smolvla bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("matmul", help="GEMM peak per dtype")
+    m.add_argument("--threads", type=int, default=_default_threads())
+    i = sub.add_parser("inference", help="seconds per action chunk, per mode")
+    i.add_argument("--preset", default="base")
+    i.add_argument("--cams", type=int, nargs="+", default=[2])
+    i.add_argument("--mode", nargs="+", default=["reference", "fp32", "bf16", "int8"], help=str(INFER_MODES))
+    i.add_argument("--lang", type=int, default=48, help="language tokens")
+    i.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    _common(i)
+    t = sub.add_parser("train", help="seconds per training step")
+    t.add_argument("--preset", default="base")
+    t.add_argument("--cams", type=int, default=None, help="cameras (default: the preset's)")
+    t.add_argument("--batch", type=int, default=4)
+    t.add_argument("--lang", type=int, default=48, help="language tokens")
+    t.add_argument(
+        "--frozen-dtype",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16"],
+        help="dtype of frozen parts",
+    )
+    _common(t)
+    a = sub.add_parser("all", help="every figure of the README's Speed table")
+    _common(a)
+    return p
+
+
+def _case_main(argv: list[str]) -> None:
+    what = argv[0]
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--lang", type=int, default=48)
+    p.add_argument("--preset", default="base")
+    p.add_argument("--cams", type=int, default=None)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--mode")
+    p.add_argument("--num-steps", type=int)
+    p.add_argument("--actions-out", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--frozen-dtype", default="float32")
+    a = p.parse_args(argv[1:])
+    if what == "matmul":
+        rec = matmul_peak(a.threads)
+    elif what == "checkpoint":
+        write_checkpoint(a.preset, a.cams, a.out)
+        rec = {"case": "checkpoint", "path": str(a.out)}
+    elif what == "inference":
+        rec = inference_case(
+            a.preset, a.checkpoint, a.mode, a.runs, a.threads, a.lang, a.num_steps, a.actions_out
+        )
+    elif what == "train":
+        rec = train_case(a.preset, a.cams, a.batch, a.runs, a.threads, a.lang, a.frozen_dtype)
+    else:
+        raise BenchError(f"case: got {what!r}")
+    print(json.dumps(rec), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["_case"]:
+        _case_main(argv[1:])
+        return
+    a = parser().parse_args(argv)
+    if a.what == "matmul":
+        run_matmul(a.threads)
+        return
+    _check_compare(a.compare, a.lerobot_script)
+    peak = None if a.no_matmul else run_matmul(a.threads)
+    if a.what == "inference":
+        run_inference(a, peak)
+    elif a.what == "train":
+        run_train(a, peak)
+    else:  # the README table
+        common = dict(threads=a.threads, runs=a.runs, compare=a.compare, lerobot_script=a.lerobot_script)
+        run_inference(
+            argparse.Namespace(
+                preset="base", cams=[2, 3], mode=list(INFER_MODES), lang=48, num_steps=None, **common
+            ),
+            peak,
+        )
+        run_inference(
+            argparse.Namespace(preset="base", cams=[2], mode=["int8"], lang=48, num_steps=5, **common), peak
+        )
+        run_train(
+            argparse.Namespace(
+                preset="base", cams=2, batch=4, lang=48, frozen_dtype=["float32", "bfloat16"], **common
+            ),
+            peak,
+        )
+        tiny = dict(common, compare=None)
+        run_inference(
+            argparse.Namespace(
+                preset="tiny", cams=[1], mode=["fp32", "int8"], lang=24, num_steps=None, **tiny
+            ),
+            peak,
+        )
+        run_train(
+            argparse.Namespace(preset="tiny", cams=None, batch=64, lang=24, frozen_dtype=["float32"], **tiny),
+            peak,
+        )
+
+
+if __name__ == "__main__":
+    main()

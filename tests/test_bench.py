@@ -1,0 +1,36 @@
+"""The benchmark harness (smolvla.bench) on the micro preset: fields, consistency, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smolvla import bench
+
+
+def test_inference_case_reports_the_stages_of_predict_action_chunk(tmp_path):
+    bench.write_checkpoint("micro", 2, tmp_path / "ckpt")
+    rec = bench.inference_case("micro", tmp_path / "ckpt", "int8", 2, 1, 7, None, tmp_path / "a.pt")
+    assert rec["stages_equal_predict_action_chunk"] is True
+    assert rec["mode"] == "int8" and rec["cams"] == 2 and rec["num_steps"] == 3
+    parts = rec["vision_s_median"] + rec["prefix_s_median"] + rec["denoise_s_median"]
+    assert rec["s_per_chunk_min"] <= parts * 1.5 and rec["gflop_per_chunk"] >= 0
+    assert rec["peak_rss_runs_gb"] > 0 and rec["peak_rss_gb"] >= rec["peak_rss_runs_gb"] - 0.01
+    assert torch.load(tmp_path / "a.pt").shape == (1, 4, 2)
+
+
+def test_train_case_reports_a_step(tmp_path):
+    rec = bench.train_case("micro", None, 2, 1, 1, 7, "bfloat16")
+    assert rec["frozen_dtype"] == "bfloat16" and rec["batch"] == 2
+    assert rec["trainable"] < rec["params"]
+    assert rec["s_per_step_median"] >= rec["fwd_bwd_s_median"]
+
+
+def test_compare_needs_an_existing_interpreter(tmp_path):
+    with pytest.raises(bench.BenchError, match=r"--compare: got .*nope"):
+        bench.main(["inference", "--preset", "micro", "--compare", str(tmp_path / "nope"), "--no-matmul"])
+
+
+def test_unknown_mode_is_named():
+    with pytest.raises(bench.BenchError, match="--mode: got 'fp8'"):
+        bench.main(["inference", "--preset", "micro", "--mode", "fp8", "--no-matmul"])
