@@ -84,7 +84,8 @@ def _median(xs: list[float]) -> float:
 
 def matmul_peak(threads: int, seconds: float = 1.0) -> dict[str, Any]:
     """GFLOP/s of one large GEMM (2048^3, and the vision tower's 2048x768x3072) per dtype."""
-    from smolvla.inference import Int8Linear, int8_supported
+    from smolvla.hardware import int8_supported
+    from smolvla.inference import Int8Linear
 
     torch.set_num_threads(threads)
     out: dict[str, Any] = {"case": "matmul", "threads": threads}

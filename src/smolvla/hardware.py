@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 
@@ -18,3 +21,18 @@ def native_bf16(device: torch.device | str) -> bool:
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return False
+
+
+def int8_supported() -> bool:
+    """Whether torch's dynamic int8 linear has a backend here (fbgemm / x86 on x86 CPUs)."""
+    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
+
+
+@functools.cache
+def has_vnni() -> bool:
+    """Whether the CPU has VNNI int8 dot products (int32 accumulation, no saturation)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags

@@ -22,7 +22,6 @@ A prepared policy cannot be trained or saved (its projections are fused or quant
 
 from __future__ import annotations
 
-import functools
 import json
 import mmap
 import warnings
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smolvla.hardware import has_vnni, int8_supported, native_bf16
 from smolvla.model.backbone import MLP, DecoderLayer, SelfAttention, VisionAttention
 
 MODES = ("fp32", "bf16", "int8")
@@ -42,23 +42,12 @@ class InferenceModeError(ValueError):
     """An inference mode that does not exist or that this CPU cannot run."""
 
 
-def bf16_supported() -> bool:
-    """Whether bf16 GEMMs are native here (AVX-512 BF16 / AMX on x86); elsewhere they are emulated
-    and slower than fp32."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def int8_supported() -> bool:
-    """Whether torch's dynamic int8 linear has a backend here (fbgemm / x86 on x86 CPUs)."""
-    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
-
-
 def resolve_mode(mode: str) -> str:
     """ "auto" becomes the fastest mode this CPU supports; others are checked."""
     if mode == "auto":
-        if int8_supported() and bf16_supported():
+        if int8_supported() and native_bf16("cpu"):
             return "int8"
-        return "bf16" if bf16_supported() else "fp32"
+        return "bf16" if native_bf16("cpu") else "fp32"
     if mode not in MODES:
         raise InferenceModeError(f"inference mode: got {mode!r}, expected 'auto' or one of {list(MODES)}")
     if mode == "int8" and not int8_supported():
@@ -71,16 +60,6 @@ def resolve_mode(mode: str) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Building blocks
-
-
-@functools.cache
-def has_vnni() -> bool:
-    """Whether the CPU has VNNI int8 dot products (int32 accumulation, no saturation)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 class Int8Linear(nn.Module):
