@@ -18,7 +18,15 @@ from smolvla.train import TrainConfig, TrainingError, parse_args, train
 from smolvla.train.config import FlagError
 from tests.data import synth
 
-FLAGS = ["--policy.type=smolvla", "--policy.preset=micro", "--batch_size=4", "--num_workers=0", "--seed=3"]
+# fp32: the equivalence checks are about float tolerance, not bf16 rounding (auto picks bf16 on some CPUs)
+FLAGS = [
+    "--policy.type=smolvla",
+    "--policy.preset=micro",
+    "--batch_size=4",
+    "--num_workers=0",
+    "--seed=3",
+    "--precision=fp32",
+]
 
 
 @pytest.fixture(scope="module")
