@@ -25,6 +25,9 @@ from safetensors.numpy import load_file, save_file
 from smolvla.data import DatasetWriter, LeRobotDataset
 from tests.data import synth
 
+# non-image columns both readers must give identically
+COLUMNS = ["action", "action_is_pad", "timestamp", "frame_index", "episode_index", "index", "task_index"]
+
 LEROBOT_PYTHON = os.environ.get("SMOLVLA_LEROBOT_PYTHON")
 SIDE = Path(__file__).with_name("lerobot_dataset_side.py")
 pytestmark = pytest.mark.skipif(
@@ -77,16 +80,7 @@ def test_ours_loads_in_lerobot(tmp_path: Path, variant: dict) -> None:
     ours = our_items(root)
     assert meta["len"] == len(ours["index"]) == sum(LENGTHS) and meta["total_episodes"] == len(LENGTHS)
     assert meta["tasks"] == ours["task"]
-    for key in [
-        "observation.state",
-        "action",
-        "action_is_pad",
-        "timestamp",
-        "frame_index",
-        "episode_index",
-        "index",
-        "task_index",
-    ]:
+    for key in ["observation.state", *COLUMNS]:
         np.testing.assert_array_equal(theirs[key], ours[key], err_msg=key)
     for cam in ["observation.images.top", "observation.images.wrist"]:
         np.testing.assert_allclose(theirs[cam], ours[cam], atol=PIXEL_TOL, rtol=0, err_msg=cam)
@@ -123,15 +117,7 @@ def test_lerobot_dataset_loads_in_ours(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ours["observation.state"], arrays["observation.state"])
     np.testing.assert_array_equal(ours["action"][:, 0], arrays["action"])
     assert ours["task"] == spec["tasks"] == meta["tasks"]
-    for key in [
-        "action",
-        "action_is_pad",
-        "timestamp",
-        "frame_index",
-        "episode_index",
-        "index",
-        "task_index",
-    ]:
+    for key in COLUMNS:
         np.testing.assert_array_equal(theirs[key], ours[key], err_msg=key)
     cam = "observation.images.top"
     np.testing.assert_allclose(theirs[cam], ours[cam], atol=PIXEL_TOL, rtol=0)

@@ -12,21 +12,7 @@ from hypothesis import strategies as st
 
 from smolvla.serving.protocol import Limits, ObservationSpec, ProtocolError, packb, unpackb
 from tests.serving.conftest import micro_obs
-
-
-def openpi_style_packb(obj):
-    """openpi_client.msgpack_numpy's encoding, written from its documented format: arrays as maps with
-    bin keys __ndarray__/data/dtype/shape, scalars as __npgeneric__/data/dtype."""
-
-    def default(o):
-        if isinstance(o, np.ndarray):
-            return {b"__ndarray__": True, b"data": o.tobytes(), b"dtype": o.dtype.str, b"shape": o.shape}
-        if isinstance(o, np.generic):
-            return {b"__npgeneric__": True, b"data": o.item(), b"dtype": o.dtype.str}
-        return o
-
-    return msgpack.packb(obj, default=default)
-
+from tests.serving.openpi_wire import openpi_style_packb
 
 MESSAGE = {
     "a": np.arange(12, dtype=np.float32).reshape(3, 4),

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from smolvla.model.rtc import RTCConfig
 from smolvla.serving.server import InferenceEngine, PolicyServer, ServerConfig, ServerThread
 from tests.serving.conftest import micro_obs
+from tests.serving.openpi_wire import openpi_style_packb
 
 
 class MiniOpenpiClient:
@@ -38,14 +39,7 @@ class MiniOpenpiClient:
 
     @staticmethod
     def _pack(obj) -> bytes:
-        def default(o):
-            if isinstance(o, np.ndarray):
-                return {b"__ndarray__": True, b"data": o.tobytes(), b"dtype": o.dtype.str, b"shape": o.shape}
-            if isinstance(o, np.generic):
-                return {b"__npgeneric__": True, b"data": o.item(), b"dtype": o.dtype.str}
-            return o
-
-        return msgpack.Packer(default=default).pack(obj)
+        return openpi_style_packb(obj)
 
     @staticmethod
     def _unpack(data: bytes):
