@@ -1,7 +1,7 @@
 """Training-step time, samples/s and memory (smolvla.bench; same as `smolvla bench train`).
 
     python benchmarks/train_step.py --preset tiny --batch 64 --lang 24
-    python benchmarks/train_step.py --preset base --cams 2 --batch 4 --frozen-dtype float32 bfloat16
+    python benchmarks/train_step.py --preset base --cams 2 --batch 4 --precision fp32 bf16
 
 One JSON line per case (each case in its own process); see `smolvla bench --help`.
 """

@@ -20,10 +20,22 @@ def test_inference_case_reports_the_stages_of_predict_action_chunk(tmp_path):
 
 
 def test_train_case_reports_a_step(tmp_path):
-    rec = bench.train_case("micro", None, 2, 1, 1, 7, "bfloat16")
-    assert rec["frozen_dtype"] == "bfloat16" and rec["batch"] == 2
+    bench.write_checkpoint("micro", None, tmp_path / "ckpt")
+    rec = bench.train_case("micro", tmp_path / "ckpt", 2, 1, 1, 7, "bf16")
+    assert rec["precision"] == "bf16" and rec["batch"] == 2 and rec["cams"] == 2
     assert rec["trainable"] < rec["params"]
     assert rec["s_per_step_median"] >= rec["fwd_bwd_s_median"]
+
+
+def test_image_size_sets_the_camera_and_the_vision_tokens(tmp_path):
+    bench.write_checkpoint("micro", 1, tmp_path / "small", image_size=8)
+    bench.write_checkpoint("micro", 1, tmp_path / "full")
+    small = bench.inference_case("micro", tmp_path / "small", "fp32", 1, 1, 7, None, tmp_path / "a.pt")
+    full = bench.inference_case("micro", tmp_path / "full", "fp32", 1, 1, 7, None, tmp_path / "b.pt")
+    assert small["image_size"] == 8 and full["image_size"] == 16
+    assert (small["vision_tokens_per_cam"], full["vision_tokens_per_cam"]) == (1, 4)
+    with pytest.raises(bench.BenchError, match="--image-size: got 0"):
+        bench.write_checkpoint("micro", 1, tmp_path / "bad", image_size=0)
 
 
 def test_compare_needs_an_existing_interpreter(tmp_path):

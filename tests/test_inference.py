@@ -130,6 +130,25 @@ def test_frozen_parts_in_bf16_keep_trainable_fp32_and_train():
     assert all(p.grad is not None for p in trainable)
 
 
+def test_bf16_training_stores_only_the_frozen_parts_it_can_hold_exactly():
+    from smolvla.train.loop import training_precision
+
+    policy = _policy("micro").train()
+    vlm = policy.model.vlm_with_expert.vlm
+    with torch.no_grad():  # the vision tower as a bf16 checkpoint loads it; the text layers not
+        for p in vlm.model.vision_model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    assert training_precision(policy, "fp32", torch.device("cpu")) is None
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+    assert training_precision(policy, "bf16", torch.device("cpu")) == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in vlm.model.vision_model.parameters())
+    assert vlm.model.text_model.layers[0].self_attn.o_proj.weight.dtype == torch.float32  # would round
+    assert all(p.dtype == torch.float32 for p in policy.parameters() if p.requires_grad)
+    for k, v in policy.state_dict().items():  # no value changed
+        assert torch.equal(v.float(), before[k]), k
+
+
 def test_training_with_frozen_vlm_skips_its_graph_with_the_same_loss_and_gradients():
     policy = _policy("micro").train()  # train_expert_only: the prefix before the state is constant
     joint = copy.deepcopy(policy)

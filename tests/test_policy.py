@@ -148,3 +148,10 @@ def test_bf16_precision_runs_and_stays_close(micro_policy):
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match=r"dtype: got torch\.int8"):
         micro_policy.set_precision(torch.int8)
+
+
+def test_image_sides_must_fit_patches_and_the_connector(micro_cfg):
+    from smolvla.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"resize_imgs_with_padding: got \(12, 12\).*multiples of 8"):
+        SmolVLAPolicy(micro_cfg.override(resize_imgs_with_padding=(12, 12)))

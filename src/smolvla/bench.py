@@ -2,7 +2,7 @@
 
     smolvla bench matmul                                   # the machine's GEMM peak, per dtype
     smolvla bench inference --preset base --cams 2 3 --mode reference fp32 bf16 int8
-    smolvla bench train --preset base --cams 2 --batch 4 --frozen-dtype float32 bfloat16
+    smolvla bench train --preset base --cams 2 --batch 4 --precision fp32 bf16
     smolvla bench all --compare /path/to/lerobot-env/bin/python   # every figure of the README table
 
 Each case runs in its own process (so peak RSS is the case's alone) and prints one JSON line: warm-up,
@@ -39,6 +39,8 @@ import torch
 INFER_MODES = ("reference", "fp32", "bf16", "int8")
 # LeRobot's precision beside each of our modes (its best bf16 setting for ours in bf16 and int8)
 LEROBOT_PREC = {"reference": "fp32", "fp32": "fp32", "bf16": "bf16vlm_expert", "int8": "bf16vlm_expert"}
+TRAIN_PRECISIONS = ("fp32", "bf16")
+TRAIN_PEAK = {"fp32": "float32", "bf16": "bfloat16"}  # the GEMM peak each precision is compared to
 DEFAULT_LEROBOT_SCRIPT = (
     Path(__file__).resolve().parents[2].parent
     / "shared"
@@ -123,14 +125,20 @@ def matmul_peak(threads: int, seconds: float = 1.0) -> dict[str, Any]:
 # Cases (each in its own process)
 
 
-def _config(preset_name: str, cams: int | None, **overrides: Any):
+def _config(preset_name: str, cams: int | None, image_size: int | None = None, **overrides: Any):
     from smolvla.config import FeatureType, PolicyFeature, preset
 
     cfg = preset(preset_name)
+    shape = next(iter(cfg.image_features.values())).shape
+    if image_size is not None:  # fewer (or more) vision tokens: the camera and the model's input size
+        if image_size < 1:
+            raise BenchError(f"--image-size: got {image_size}, expected a positive number of pixels")
+        shape = (shape[0], image_size, image_size)
+        overrides["resize_imgs_with_padding"] = (image_size, image_size)
+        cams = cams or len(cfg.image_features)
     if cams is not None:
         if cams < 1:
             raise BenchError(f"--cams: got {cams}, expected >= 1")
-        shape = next(iter(cfg.image_features.values())).shape
         feats = {k: v for k, v in cfg.input_features.items() if v.type != FeatureType.VISUAL}
         feats.update(
             {
@@ -156,17 +164,27 @@ def _batch(policy, b: int, lang: int, actions: bool = False) -> dict[str, torch.
     return batch
 
 
-def write_checkpoint(preset_name: str, cams: int, folder: Path, seed: int = 0) -> None:
-    """A random-weight checkpoint in LeRobot's layout: bf16 backbone and expert, fp32 projections."""
+def write_checkpoint(
+    preset_name: str, cams: int | None, folder: Path, seed: int = 0, image_size: int | None = None
+) -> None:
+    """A random-weight checkpoint in LeRobot's layout (as smolvla_base): bf16 backbone and expert,
+    fp32 projections."""
     from smolvla.policy import SmolVLAPolicy
 
     torch.manual_seed(seed)
-    policy = SmolVLAPolicy(_config(preset_name, cams))
+    policy = SmolVLAPolicy(_config(preset_name, cams, image_size))
     policy._file_dtypes = {
         k: torch.bfloat16 if k.startswith("model.vlm_with_expert.") else torch.float32
         for k in policy.state_dict()
     }
     policy.save_pretrained(folder)
+
+
+def _vision_tokens(policy) -> int:
+    cfg, bb = policy.config, policy.backbone
+    h, w = cfg.resize_imgs_with_padding or next(iter(cfg.image_features.values())).shape[1:]
+    step = bb.vision.patch_size * bb.scale_factor
+    return (h // step) * (w // step)
 
 
 def _count_flops(policy: torch.nn.Module, run) -> float:
@@ -256,6 +274,8 @@ def inference_case(
         "impl": "smolvla",
         "preset": preset_name,
         "cams": len(cfg.image_features),
+        "image_size": next(iter(cfg.image_features.values())).shape[-1],
+        "vision_tokens_per_cam": _vision_tokens(policy),
         "mode": mode,
         "threads": threads,
         "lang_tokens": lang,
@@ -281,23 +301,28 @@ def inference_case(
 
 
 def train_case(
-    preset_name: str, cams: int | None, batch_size: int, runs: int, threads: int, lang: int, frozen_dtype: str
+    preset_name: str, checkpoint: Path, batch_size: int, runs: int, threads: int, lang: int, precision: str
 ) -> dict[str, Any]:
+    """A fine-tuning step from `checkpoint` (bf16 on disk, as smolvla_base), set up as `smolvla train
+    --precision` sets it up: "fp32" as loaded, "bf16" with bf16 autocast and the frozen parts stored in
+    bf16 (`training_precision`)."""
     from smolvla.policy import SmolVLAPolicy
+    from smolvla.train.loop import training_precision
+    from smolvla.train.optim import make_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = _config(preset_name, cams)
-    policy = SmolVLAPolicy(cfg).train()
-    if frozen_dtype != "float32":
-        policy.set_precision(getattr(torch, frozen_dtype), frozen_only=True)
+    policy = SmolVLAPolicy.from_pretrained(checkpoint).train()
+    cfg = policy.config
+    amp = training_precision(policy, precision, torch.device("cpu"))
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.optimizer_lr, betas=cfg.optimizer_betas, eps=cfg.optimizer_eps)
+    opt = make_optimizer(list(policy.parameters()), cfg)
     data = _batch(policy, batch_size, lang, actions=True)
 
     def step() -> tuple[float, float, float, float]:
         t0 = time.perf_counter()
-        loss, _ = policy(data)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
+            loss, _ = policy(data)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -312,7 +337,10 @@ def train_case(
     peaks = _peaks()
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
+    with (
+        FlopCounterMode(display=False) as fc,
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None),
+    ):
         loss, _ = policy(data)
         loss.backward()
     opt.zero_grad(set_to_none=True)
@@ -323,8 +351,9 @@ def train_case(
         "impl": "smolvla",
         "preset": preset_name,
         "cams": len(cfg.image_features),
+        "image_size": next(iter(cfg.image_features.values())).shape[-1],
         "batch": batch_size,
-        "frozen_dtype": frozen_dtype,
+        "precision": precision,
         "threads": threads,
         "lang_tokens": lang,
         "runs": runs,
@@ -432,7 +461,7 @@ def _ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, 
     rec = {
         "case": "ratio",
         "of": key,
-        "ours": {k: ours.get(k) for k in ("case", "mode", "frozen_dtype", "cams")},
+        "ours": {k: ours.get(k) for k in ("case", "mode", "precision", "cams", "image_size")},
     }
     rec["lerobot_args"] = theirs.get("args")
     if "error" in ours or "error" in theirs or not theirs.get(key) or not ours.get(key):
@@ -467,7 +496,8 @@ def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[di
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
         for cams in a.cams:
             ckpt = Path(tmp) / f"{a.preset}-{cams}cams"
-            _child(["checkpoint", "--preset", a.preset, "--cams", str(cams), "--out", str(ckpt)])
+            args = ["checkpoint", "--preset", a.preset, "--cams", str(cams), "--out", str(ckpt)]
+            _child(args + ([] if a.image_size is None else ["--image-size", str(a.image_size)]))
             if not (ckpt / "model.safetensors").is_file():
                 raise BenchError(
                     f"could not write the random checkpoint for --preset {a.preset} --cams {cams}"
@@ -499,7 +529,7 @@ def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[di
                     )
                 )
                 out.append(rec)
-                if a.compare and a.preset == "base" and not a.num_steps:
+                if a.compare and a.preset == "base" and not a.num_steps and a.image_size is None:
                     prec = LEROBOT_PREC[mode]
                     if prec not in lerobot:
                         lr_args = ["infer", "--cams", str(cams), "--prec", prec, "--n-lang", str(a.lang)]
@@ -510,23 +540,31 @@ def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[di
 
 
 def run_train(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
+    for prec in a.precision:
+        if prec not in TRAIN_PRECISIONS:
+            raise BenchError(f"--precision: got {prec!r}, expected some of {list(TRAIN_PRECISIONS)}")
     out = []
     lerobot = None
-    for fd in a.frozen_dtype:
-        args = ["train", "--preset", a.preset, "--batch", str(a.batch), "--runs", str(a.runs)]
-        args += ["--threads", str(a.threads), "--lang", str(a.lang), "--frozen-dtype", fd]
-        if a.cams is not None:
-            args += ["--cams", str(a.cams)]
-        rec = _with_peak(_child(args), peak, "float32")
-        _emit(rec)
-        out.append(rec)
-        if a.compare and a.preset == "base":
-            if lerobot is None:
-                lr_args = ["train", "--cams", str(rec.get("cams", a.cams or 2)), "--bs", str(a.batch)]
-                lr_args += ["--n-lang", str(a.lang)]
-                lerobot = lerobot_case(a.compare, a.lerobot_script, lr_args, a.threads, a.runs)
-                _emit(lerobot)
-            _emit(_ratio(rec, lerobot, "s_per_step_median"))
+    with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
+        ckpt = Path(tmp) / "ckpt"
+        args = ["checkpoint", "--preset", a.preset, "--out", str(ckpt)]
+        args += [] if a.cams is None else ["--cams", str(a.cams)]
+        _child(args)
+        if not (ckpt / "model.safetensors").is_file():
+            raise BenchError(f"could not write the random checkpoint for --preset {a.preset}")
+        for prec in a.precision:
+            args = ["train", "--preset", a.preset, "--checkpoint", str(ckpt), "--batch", str(a.batch)]
+            args += ["--runs", str(a.runs), "--threads", str(a.threads), "--lang", str(a.lang)]
+            rec = _with_peak(_child([*args, "--precision", prec]), peak, TRAIN_PEAK[prec])
+            _emit(rec)
+            out.append(rec)
+            if a.compare and a.preset == "base":
+                if lerobot is None:
+                    lr_args = ["train", "--cams", str(rec.get("cams", a.cams or 2)), "--bs", str(a.batch)]
+                    lr_args += ["--n-lang", str(a.lang)]
+                    lerobot = lerobot_case(a.compare, a.lerobot_script, lr_args, a.threads, a.runs)
+                    _emit(lerobot)
+                _emit(_ratio(rec, lerobot, "s_per_step_median"))
     return out
 
 
@@ -559,6 +597,13 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--mode", nargs="+", default=["reference", "fp32", "bf16", "int8"], help=str(INFER_MODES))
     i.add_argument("--lang", type=int, default=48, help="language tokens")
     i.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    i.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="camera and model input side in pixels (default: the preset's, 512 for base); fewer pixels, "
+        "fewer vision tokens: (side / 64)^2 per camera",
+    )
     _common(i)
     t = sub.add_parser("train", help="seconds per training step")
     t.add_argument("--preset", default="base")
@@ -566,11 +611,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=4)
     t.add_argument("--lang", type=int, default=48, help="language tokens")
     t.add_argument(
-        "--frozen-dtype",
+        "--precision",
         nargs="+",
-        default=["float32"],
-        choices=["float32", "bfloat16"],
-        help="dtype of frozen parts",
+        default=["fp32", "bf16"],
+        help="as `smolvla train --precision`: fp32, or bf16 autocast with frozen parts stored in bf16",
     )
     _common(t)
     a = sub.add_parser("all", help="every figure of the README's Speed table")
@@ -586,25 +630,26 @@ def _case_main(argv: list[str]) -> None:
     p.add_argument("--lang", type=int, default=48)
     p.add_argument("--preset", default="base")
     p.add_argument("--cams", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--mode")
     p.add_argument("--num-steps", type=int)
     p.add_argument("--actions-out", type=Path)
     p.add_argument("--out", type=Path)
     p.add_argument("--batch", type=int)
-    p.add_argument("--frozen-dtype", default="float32")
+    p.add_argument("--precision", default="fp32")
     a = p.parse_args(argv[1:])
     if what == "matmul":
         rec = matmul_peak(a.threads)
     elif what == "checkpoint":
-        write_checkpoint(a.preset, a.cams, a.out)
+        write_checkpoint(a.preset, a.cams, a.out, image_size=a.image_size)
         rec = {"case": "checkpoint", "path": str(a.out)}
     elif what == "inference":
         rec = inference_case(
             a.preset, a.checkpoint, a.mode, a.runs, a.threads, a.lang, a.num_steps, a.actions_out
         )
     elif what == "train":
-        rec = train_case(a.preset, a.cams, a.batch, a.runs, a.threads, a.lang, a.frozen_dtype)
+        rec = train_case(a.preset, a.checkpoint, a.batch, a.runs, a.threads, a.lang, a.precision)
     else:
         raise BenchError(f"case: got {what!r}")
     print(json.dumps(rec), flush=True)
@@ -629,28 +674,49 @@ def main(argv: list[str] | None = None) -> None:
         common = dict(threads=a.threads, runs=a.runs, compare=a.compare, lerobot_script=a.lerobot_script)
         run_inference(
             argparse.Namespace(
-                preset="base", cams=[2, 3], mode=list(INFER_MODES), lang=48, num_steps=None, **common
+                preset="base",
+                cams=[2, 3],
+                mode=list(INFER_MODES),
+                lang=48,
+                num_steps=None,
+                image_size=None,
+                **common,
             ),
             peak,
         )
         run_inference(
-            argparse.Namespace(preset="base", cams=[2], mode=["int8"], lang=48, num_steps=5, **common), peak
+            argparse.Namespace(
+                preset="base", cams=[2], mode=["int8"], lang=48, num_steps=5, image_size=None, **common
+            ),
+            peak,
+        )
+        run_inference(  # fewer vision tokens: 36 per camera instead of 64 (a policy fine-tuned at 384 px)
+            argparse.Namespace(
+                preset="base", cams=[2, 3], mode=["int8"], lang=48, num_steps=None, image_size=384, **common
+            ),
+            peak,
         )
         run_train(
-            argparse.Namespace(
-                preset="base", cams=2, batch=4, lang=48, frozen_dtype=["float32", "bfloat16"], **common
-            ),
+            argparse.Namespace(preset="base", cams=2, batch=4, lang=48, precision=["fp32", "bf16"], **common),
             peak,
         )
         tiny = dict(common, compare=None)
         run_inference(
             argparse.Namespace(
-                preset="tiny", cams=[1], mode=["fp32", "int8"], lang=24, num_steps=None, **tiny
+                preset="tiny",
+                cams=[1],
+                mode=["fp32", "int8"],
+                lang=24,
+                num_steps=None,
+                image_size=None,
+                **tiny,
             ),
             peak,
         )
         run_train(
-            argparse.Namespace(preset="tiny", cams=None, batch=64, lang=24, frozen_dtype=["float32"], **tiny),
+            argparse.Namespace(
+                preset="tiny", cams=None, batch=64, lang=24, precision=["fp32", "bf16"], **tiny
+            ),
             peak,
         )
 

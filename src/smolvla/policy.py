@@ -33,6 +33,7 @@ from smolvla.config import (
     OBS_TOKEN_MASK,
     OBS_TOKENS,
     BackboneConfig,
+    ConfigError,
     SmolVLAConfig,
 )
 from smolvla.hub import resolve_dir
@@ -43,6 +44,23 @@ from smolvla.processing.images import resize_with_pad
 
 class BatchError(ValueError):
     """A batch field is missing or not what the policy expects."""
+
+
+def _check_image_sizes(config: SmolVLAConfig, backbone: BackboneConfig) -> None:
+    """The vision tower cuts images into patches and the connector merges scale_factor^2 of them into a
+    token: each side the model sees must be a multiple of patch_size x scale_factor."""
+    step = backbone.vision.patch_size * backbone.scale_factor
+    if config.resize_imgs_with_padding is not None:
+        sizes = {"resize_imgs_with_padding": tuple(config.resize_imgs_with_padding)}
+    else:
+        sizes = {f"input_features[{k!r}]": tuple(f.shape[1:]) for k, f in config.image_features.items()}
+    for field, size in sizes.items():
+        if any(side % step for side in size):
+            raise ConfigError(
+                f"{field}: got {size}, expected sides that are multiples of {step} (patch size "
+                f"{backbone.vision.patch_size} x scale factor {backbone.scale_factor}), e.g. "
+                f"{tuple(max(step, round(side / step) * step) for side in size)}"
+            )
 
 
 class SmolVLAPolicy(nn.Module):
@@ -58,6 +76,7 @@ class SmolVLAPolicy(nn.Module):
             raise BatchError(
                 "output_features: no 'action' feature; the policy needs one to know the action width"
             )
+        _check_image_sizes(config, backbone)
         self.config = config
         self.backbone = backbone
         self.backbone_dir = backbone_dir
@@ -174,13 +193,17 @@ class SmolVLAPolicy(nn.Module):
 
     # -- precision -----------------------------------------------------------------------------------
 
-    def set_precision(self, dtype: torch.dtype, frozen_only: bool = False) -> SmolVLAPolicy:
+    def set_precision(
+        self, dtype: torch.dtype, frozen_only: bool = False, exact_only: bool = False
+    ) -> SmolVLAPolicy:
         """Runs the backbone and expert in `dtype` (e.g. bf16); the five small projections stay fp32,
         as in LeRobot's checkpoints. Saving still writes each tensor in its file dtype.
 
         frozen_only: only the parts that are not trained (the vision tower with freeze_vision_encoder,
         the whole VLM with train_expert_only), as LeRobot runs its bf16-loaded VLM while training: the
-        trained weights and their optimizer state stay fp32."""
+        trained weights and their optimizer state stay fp32.
+        exact_only (with frozen_only): only the frozen parts whose every value `dtype` holds exactly
+        (a bf16 checkpoint such as smolvla_base, loaded as fp32), so that no weight changes."""
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
         if not frozen_only:
@@ -188,8 +211,12 @@ class SmolVLAPolicy(nn.Module):
             return self
         vlm = self.model.vlm_with_expert.vlm
         for part in (vlm.model.vision_model, vlm.model.connector, *vlm.model.text_model.layers):
-            if not any(p.requires_grad for p in part.parameters()):
-                part.to(dtype)
+            params = list(part.parameters())
+            if any(p.requires_grad for p in params):
+                continue
+            if exact_only and not all(torch.equal(p, p.to(dtype).to(p.dtype)) for p in params):
+                continue
+            part.to(dtype)
         return self
 
     def prepare_for_inference(self, mode: str = "auto") -> SmolVLAPolicy:

@@ -56,11 +56,15 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast: 'auto' uses it where bf16 runs in hardware (see `native_bf16`); 'bf16' anywhere."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16(device)):
-        return torch.bfloat16
-    return None
+def training_precision(policy: SmolVLAPolicy, precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `--precision` ('auto': bf16 where it runs in hardware, see `native_bf16`;
+    'bf16' anywhere; 'fp32': None). Under bf16 autocast the frozen parts are also stored in bf16 where
+    that changes no value (a bf16 checkpoint): autocast would otherwise cast those weights again at
+    every forward (it caches casts only of weights that require grad), and they take half the memory."""
+    if not (precision == "bf16" or (precision == "auto" and native_bf16(device))):
+        return None
+    policy.set_precision(torch.bfloat16, frozen_only=True, exact_only=True)
+    return torch.bfloat16
 
 
 def dataset_features(ds: Any) -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
@@ -203,6 +207,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         policy = SmolVLAPolicy.from_config(pcfg)
         pre, post = make_pre_post_processors(pcfg, dataset_stats=ds.stats, device=str(device))
     policy.to(device).train()
+    amp = training_precision(policy, cfg.precision, device)
     pcfg = policy.config
     if pre.tokenizer is not None and pre.truncation:
         need = distinct_length(pre.tokenizer, list(ds.meta.tasks))
@@ -224,7 +229,6 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
             policy, device_ids=[device.index] if device.type == "cuda" else None
         )
     augment = ImageAugment(cfg.dataset.augment_config()) if cfg.dataset.augment else None
-    amp = _autocast_dtype(cfg, device)
     params = [p for p in policy.parameters() if p.requires_grad]
 
     def save_model(folder: Path) -> None:
