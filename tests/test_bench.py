@@ -32,8 +32,8 @@ def test_image_size_sets_the_camera_and_the_vision_tokens(tmp_path):
     bench.write_checkpoint("micro", 1, tmp_path / "full")
     small = bench.inference_case("micro", tmp_path / "small", "fp32", 1, 1, 7, None, tmp_path / "a.pt")
     full = bench.inference_case("micro", tmp_path / "full", "fp32", 1, 1, 7, None, tmp_path / "b.pt")
-    assert small["image_size"] == 8 and full["image_size"] == 16
-    assert (small["vision_tokens_per_cam"], full["vision_tokens_per_cam"]) == (1, 4)
+    assert (small["camera_px"], small["model_px"], small["vision_tokens_per_cam"]) == (8, 8, 1)
+    assert (full["camera_px"], full["model_px"], full["vision_tokens_per_cam"]) == (16, 16, 4)
     with pytest.raises(bench.BenchError, match="--image-size: got 0"):
         bench.write_checkpoint("micro", 1, tmp_path / "bad", image_size=0)
 

@@ -180,11 +180,14 @@ def write_checkpoint(
     policy.save_pretrained(folder)
 
 
-def _vision_tokens(policy) -> int:
+def _image_fields(policy) -> dict[str, Any]:
+    """The camera's side, the side the vision tower sees (after resize with padding), and the vision
+    tokens per camera that gives."""
     cfg, bb = policy.config, policy.backbone
-    h, w = cfg.resize_imgs_with_padding or next(iter(cfg.image_features.values())).shape[1:]
+    camera = next(iter(cfg.image_features.values())).shape[1:]
+    h, w = cfg.resize_imgs_with_padding or camera
     step = bb.vision.patch_size * bb.scale_factor
-    return (h // step) * (w // step)
+    return {"camera_px": camera[-1], "model_px": w, "vision_tokens_per_cam": (h // step) * (w // step)}
 
 
 def _count_flops(policy: torch.nn.Module, run) -> float:
@@ -274,8 +277,7 @@ def inference_case(
         "impl": "smolvla",
         "preset": preset_name,
         "cams": len(cfg.image_features),
-        "image_size": next(iter(cfg.image_features.values())).shape[-1],
-        "vision_tokens_per_cam": _vision_tokens(policy),
+        **_image_fields(policy),
         "mode": mode,
         "threads": threads,
         "lang_tokens": lang,
@@ -351,7 +353,7 @@ def train_case(
         "impl": "smolvla",
         "preset": preset_name,
         "cams": len(cfg.image_features),
-        "image_size": next(iter(cfg.image_features.values())).shape[-1],
+        **_image_fields(policy),
         "batch": batch_size,
         "precision": precision,
         "threads": threads,
@@ -461,7 +463,7 @@ def _ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, 
     rec = {
         "case": "ratio",
         "of": key,
-        "ours": {k: ours.get(k) for k in ("case", "mode", "precision", "cams", "image_size")},
+        "ours": {k: ours.get(k) for k in ("case", "mode", "precision", "cams", "model_px")},
     }
     rec["lerobot_args"] = theirs.get("args")
     if "error" in ours or "error" in theirs or not theirs.get(key) or not ours.get(key):
@@ -549,6 +551,7 @@ def run_train(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[s
         ckpt = Path(tmp) / "ckpt"
         args = ["checkpoint", "--preset", a.preset, "--out", str(ckpt)]
         args += [] if a.cams is None else ["--cams", str(a.cams)]
+        args += [] if a.image_size is None else ["--image-size", str(a.image_size)]
         _child(args)
         if not (ckpt / "model.safetensors").is_file():
             raise BenchError(f"could not write the random checkpoint for --preset {a.preset}")
@@ -558,7 +561,7 @@ def run_train(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[s
             rec = _with_peak(_child([*args, "--precision", prec]), peak, TRAIN_PEAK[prec])
             _emit(rec)
             out.append(rec)
-            if a.compare and a.preset == "base":
+            if a.compare and a.preset == "base" and a.image_size is None:
                 if lerobot is None:
                     lr_args = ["train", "--cams", str(rec.get("cams", a.cams or 2)), "--bs", str(a.batch)]
                     lr_args += ["--n-lang", str(a.lang)]
@@ -580,6 +583,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-matmul", action="store_true", help="skip measuring the GEMM peak first")
 
 
+def _image_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="camera and model input side in pixels (default: the preset's; base: 256 px cameras padded "
+        "to 512); fewer pixels, fewer vision tokens: (side / 64)^2 per camera for base",
+    )
+
+
 def _default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -597,19 +610,14 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--mode", nargs="+", default=["reference", "fp32", "bf16", "int8"], help=str(INFER_MODES))
     i.add_argument("--lang", type=int, default=48, help="language tokens")
     i.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the preset's)")
-    i.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="camera and model input side in pixels (default: the preset's, 512 for base); fewer pixels, "
-        "fewer vision tokens: (side / 64)^2 per camera",
-    )
+    _image_size(i)
     _common(i)
     t = sub.add_parser("train", help="seconds per training step")
     t.add_argument("--preset", default="base")
     t.add_argument("--cams", type=int, default=None, help="cameras (default: the preset's)")
     t.add_argument("--batch", type=int, default=4)
     t.add_argument("--lang", type=int, default=48, help="language tokens")
+    _image_size(t)
     t.add_argument(
         "--precision",
         nargs="+",
@@ -697,7 +705,15 @@ def main(argv: list[str] | None = None) -> None:
             peak,
         )
         run_train(
-            argparse.Namespace(preset="base", cams=2, batch=4, lang=48, precision=["fp32", "bf16"], **common),
+            argparse.Namespace(
+                preset="base", cams=2, batch=4, lang=48, precision=["fp32", "bf16"], image_size=None, **common
+            ),
+            peak,
+        )
+        run_train(
+            argparse.Namespace(
+                preset="base", cams=2, batch=4, lang=48, precision=["bf16"], image_size=384, **common
+            ),
             peak,
         )
         tiny = dict(common, compare=None)
@@ -715,7 +731,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         run_train(
             argparse.Namespace(
-                preset="tiny", cams=None, batch=64, lang=24, precision=["fp32", "bf16"], **tiny
+                preset="tiny",
+                cams=None,
+                batch=64,
+                lang=24,
+                precision=["fp32", "bf16"],
+                image_size=None,
+                **tiny,
             ),
             peak,
         )
