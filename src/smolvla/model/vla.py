@@ -261,6 +261,9 @@ class VLAFlowMatching(nn.Module):
         # Token ids of the optional image delimiters (set from the tokenizer by the policy).
         self.image_start_ids: list[int] = []
         self.image_end_ids: list[int] = []
+        # Vision-tower calls: one image each (True), cameras of one size together (False), or by device
+        # (None: one by one on the CPU); see _embed_images.
+        self.images_one_by_one: bool | None = None
 
     # -- token streams -------------------------------------------------------------------------------
 
@@ -290,7 +293,6 @@ class VLAFlowMatching(nn.Module):
                 x = self.embed_tokens(torch.tensor(ids, device=state.device))[None].expand(b, -1, -1)
                 add(x, torch.ones(b, len(ids), dtype=torch.bool, device=state.device), 0)
 
-        # Cameras of one size run through the vision tower together (the same math as one by one).
         img_embs = self._embed_images(images)
         for emb, m in zip(img_embs, img_masks, strict=True):
             add_ids(self.image_start_ids)
@@ -316,7 +318,16 @@ class VLAFlowMatching(nn.Module):
         return prefix
 
     def _embed_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per camera (B, 3, H, W) -> (B, T, D). Images never interact in the vision tower, so how they
+        are grouped into calls changes nothing but speed: on a GPU, cameras of one size go together;
+        on the CPU, one image per call, whose activations stay in cache (measured with int8 weights,
+        3 cameras: 0.60 s per image one by one against 0.71 together; fp32 and bf16 no slower)."""
         vlm = self.vlm_with_expert.vlm
+        one_by_one = self.images_one_by_one
+        if one_by_one is None:
+            one_by_one = bool(images) and images[0].device.type == "cpu"
+        if one_by_one:
+            return [torch.cat([vlm.embed_image(img[i : i + 1]) for i in range(len(img))]) for img in images]
         out: list[torch.Tensor | None] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
