@@ -241,3 +241,24 @@ def test_api_key_env_must_be_set(micro_ckpt, capsys, monkeypatch):
 def test_http_without_upgrade_is_refused(server):
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{server.server.port}/", timeout=5)
+
+
+def test_a_prepared_policy_serves_the_same_actions_as_the_plain_one(micro_ckpt):
+    obs = {**micro_obs(), "seed": 3}
+    plain = InferenceEngine.load(str(micro_ckpt))
+    fast = InferenceEngine.load(str(micro_ckpt), inference_mode="fp32")
+    assert fast.policy.inference_mode == "fp32" and plain.policy.inference_mode is None
+    with (
+        ServerThread(PolicyServer(plain, ServerConfig(port=0))) as a,
+        ServerThread(PolicyServer(fast, ServerConfig(port=0))) as b,
+    ):
+        np.testing.assert_allclose(
+            MiniOpenpiClient(a.url).infer(obs)["actions"],
+            MiniOpenpiClient(b.url).infer(obs)["actions"],
+            atol=1e-5,
+        )
+
+
+def test_rtc_refuses_int8_layers(micro_ckpt):
+    with pytest.raises(ValueError, match=r"inference_mode=int8 runs int8 layers.*bf16 or fp32"):
+        InferenceEngine.load(str(micro_ckpt), inference_mode="int8", rtc=RTCConfig())

@@ -182,6 +182,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smolvla deploy sim", description=__doc__.split("\n\n")[0])
     p.add_argument("target", choices=["sim"], help="what to drive: the Meta-World simulated robot")
     p.add_argument("--policy.path", dest="policy_path", required=True)
+    p.add_argument("--policy.num_steps", dest="num_steps", type=int, default=None, help="denoising steps")
+    p.add_argument(
+        "--policy.inference_mode",
+        dest="inference_mode",
+        default=None,
+        help="fp32 | bf16 | int8 | auto: the served policy prepared for fast CPU inference",
+    )
     p.add_argument("--env.task", dest="tasks", required=True, help="Meta-World task(s), comma-separated")
     p.add_argument(
         "--env.image_size", dest="image_size", type=int, default=None, help="default: the policy's"
@@ -225,6 +232,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = SmolVLAConfig.load(resolve_dir(args.policy_path, allow_patterns=["*.json"]) / "config.json")
         image_size = next(iter(cfg.image_features.values())).shape[1]
 
+    policy_flags = [
+        f"--policy.{name}={value}"
+        for name, value in (("num_steps", args.num_steps), ("inference_mode", args.inference_mode))
+        if value is not None
+    ]
     servers: dict[bool, Any] = {}
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     robots = {t: MetaWorldRobot(t, image_size, args.max_episode_steps) for t in tasks}
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for variant in variants:
                 rtc = variant == "async+rtc"
                 if args.server is None and rtc not in servers:
-                    servers[rtc] = ServerProcess(args.policy_path, latency, rtc)
+                    servers[rtc] = ServerProcess(args.policy_path, latency, rtc, policy_flags)
                 url = args.server or servers[rtc].url
                 with PolicyClient(url) as policy:
                     for task, robot in robots.items():

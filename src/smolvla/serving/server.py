@@ -91,13 +91,33 @@ class InferenceEngine:
 
     @classmethod
     def load(
-        cls, path: str, device: str = "cpu", num_steps: int | None = None, **kwargs: Any
+        cls,
+        path: str,
+        device: str = "cpu",
+        num_steps: int | None = None,
+        inference_mode: str | None = None,
+        **kwargs: Any,
     ) -> InferenceEngine:
+        """`inference_mode` (fp32 | bf16 | int8 | auto, CPU only): the policy prepared for fast inference
+        (smolvla.inference); None serves the plain policy."""
+        from smolvla.inference import resolve_mode
         from smolvla.policy import SmolVLAPolicy
         from smolvla.processing import make_pre_post_processors
 
+        if (
+            inference_mode is not None
+            and kwargs.get("rtc") is not None
+            and resolve_mode(inference_mode) == "int8"
+        ):
+            # RTC's guidance differentiates the denoiser; int8 layers have no gradient
+            raise ValueError(
+                f"--policy.inference_mode={inference_mode} runs int8 layers, which RTC cannot differentiate "
+                "through: use --policy.inference_mode=bf16 or fp32 with --rtc"
+            )
         overrides = {"num_steps": num_steps} if num_steps is not None else {}
-        policy = SmolVLAPolicy.from_pretrained(path, device=device, **overrides)
+        policy = SmolVLAPolicy.from_pretrained(
+            path, device=device, inference_mode=inference_mode, **overrides
+        )
         pre, post = make_pre_post_processors(policy.config, pretrained_path=path, device=device)
         return cls(policy, pre, post, **kwargs)
 
@@ -441,6 +461,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy.device", dest="device", default="cpu")
     p.add_argument("--policy.num_steps", dest="num_steps", type=int, default=None, help="denoising steps")
+    p.add_argument(
+        "--policy.inference_mode",
+        dest="inference_mode",
+        default=None,
+        help="fp32 | bf16 | int8 | auto: the policy prepared for fast CPU inference (default: plain policy)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument(
@@ -488,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     rtc = RTCConfig(args.rtc_horizon, args.rtc_beta, args.rtc_schedule) if args.rtc else None
     engine = InferenceEngine.load(
-        args.policy_path, args.device, args.num_steps, rtc=rtc, latency=args.latency
+        args.policy_path, args.device, args.num_steps, args.inference_mode, rtc=rtc, latency=args.latency
     )
     config = ServerConfig(
         host=args.host,
