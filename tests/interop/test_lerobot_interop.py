@@ -46,9 +46,9 @@ TIMEOUT_S = 900
 ACTION_TOL = 2e-4  # fp32, as in ../shared/parity/README.md
 STATE_TOL = 1e-6
 
-# Two configurations: the micro preset as it is, and a variant that exercises other code paths (image
-# delimiter tokens read from the backbone's tokenizer, cross-attention in every expert layer, padding to
-# max_length, min/max action normalization).
+# The micro preset as it is, a variant that exercises other code paths (image delimiter tokens read from
+# the backbone's tokenizer, cross-attention in every expert layer, padding to max_length, min/max action
+# normalization), and one with images smaller than the vision tower's.
 VARIANTS: dict[str, dict[str, Any]] = {
     "micro": {},
     "micro-variant": {
@@ -57,6 +57,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "pad_language_to": "max_length",
         "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MIN_MAX"},
     },
+    # Images smaller than the vision tower's size (as a policy fine-tuned at 384 px on the 512 px tower):
+    # a 2 x 2 patch grid whose position ids are bucketed onto the 4 x 4 table, one token per camera.
+    "micro-small-images": {"resize_imgs_with_padding": (8, 8)},
 }
 
 # Dataset statistics (state width 3, action width 2 in the micro preset): far from 0/1 on purpose.
