@@ -244,3 +244,26 @@ def test_refuses_instructions_that_truncate_into_the_same_tokens(dataset, tmp_pa
     # the dataset's tasks are "task 0" and "task 1": 5 byte tokens leave "task " for both
     with pytest.raises(TrainingError, match=r"pass --policy.tokenizer_max_length=6 \(or more\)"):
         run(dataset, tmp_path / "run", "--steps=1", "--policy.tokenizer_max_length=5")
+
+
+def test_bf16_fine_tuning_under_ddp_keeps_the_frozen_weights_exactly(dataset, tmp_path):
+    """A bf16 checkpoint (as smolvla_base) fine-tuned with bf16 autocast by 2 processes: the frozen parts
+    are stored in bf16 during training (mixed dtypes under DDP) and come out bit-identical."""
+    from smolvla.bench import write_checkpoint
+
+    write_checkpoint("micro", None, tmp_path / "base")
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518"]
+    cmd += ["-m", "smolvla.train", f"--dataset.repo_id={dataset}", f"--output_dir={out}"]
+    cmd += [f"--policy.path={tmp_path / 'base'}", "--policy.empty_cameras=1", "--precision=bf16"]
+    cmd += ["--batch_size=2", "--steps=2", "--save_freq=100", "--num_workers=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = load_file(tmp_path / "base" / "model.safetensors")
+    after = weights(out)
+    frozen = [k for k in before if ".vlm." in k]
+    trained = [k for k in before if ".lm_expert." in k]
+    assert frozen and trained
+    assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in frozen)
+    assert any(not torch.equal(after[k], before[k]) for k in trained)
