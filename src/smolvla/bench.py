@@ -2,6 +2,7 @@
 
     smolvla bench matmul                                   # the machine's GEMM peak, per dtype
     smolvla bench inference --preset base --cams 2 3 --mode reference fp32 bf16 int8
+    smolvla bench inference --cams 2 --mode int8 --image-size 384 --num-steps 5   # fewer tokens and steps
     smolvla bench train --preset base --cams 2 --batch 4 --precision fp32 bf16
     smolvla bench all --compare /path/to/lerobot-env/bin/python   # every figure of the README table
 
