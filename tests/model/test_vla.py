@@ -160,14 +160,15 @@ def test_rope_base_is_10000_split_half():
     assert torch.isclose(out[0, 0, 0, 1], torch.cos(torch.tensor(0.03)))
 
 
-def test_vision_tower_calls_one_by_one_or_together_give_the_same_prefix():
+def test_vision_tower_calls_of_any_size_give_the_same_prefix():
     policy = policy_for().eval()
     batch = make_batch(policy.config, 3)
     images, masks, tokens, tmask, state = policy._prepare_inputs(batch)
     model = policy.model
     out = {}
-    for one_by_one in (True, False):
-        model.images_one_by_one = one_by_one
+    for budget in (1, 32, None):  # one image per call, two, all at once (16 patches per image)
+        model.vision_tokens_per_call = budget
         with torch.no_grad():
-            out[one_by_one] = model.embed_prefix(images, masks, tokens, tmask, state).embs
-    torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-6)
+            out[budget] = model.embed_prefix(images, masks, tokens, tmask, state).embs
+    torch.testing.assert_close(out[1], out[None], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[32], out[None], rtol=1e-5, atol=1e-6)
