@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_dir() -> Path:
-    """`../shared` beside the repo (CI clones it there); SMOLVLA_SHARED overrides."""
-    return Path(os.environ.get("SMOLVLA_SHARED", REPO.parent / "shared"))
+    """`../shared` beside the repo (CI clones it there); SMOLVLA_SHARED overrides. A clone of a local
+    checkout made elsewhere (`git clone . /tmp/x`) finds it beside the checkout it was cloned from."""
+    if "SMOLVLA_SHARED" in os.environ:
+        return Path(os.environ["SMOLVLA_SHARED"])
+    beside = REPO.parent / "shared"
+    if beside.exists():
+        return beside
+    origin = subprocess.run(
+        ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"], capture_output=True, text=True
+    ).stdout.strip()
+    if origin and Path(origin).is_dir() and (Path(origin).resolve().parent / "shared").exists():
+        return Path(origin).resolve().parent / "shared"
+    return beside
 
 
 def require_shared(sub: str) -> Path:
