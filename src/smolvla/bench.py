@@ -491,6 +491,16 @@ def _with_peak(rec: dict[str, Any], peak: dict[str, Any] | None, dtype: str) -> 
     return rec
 
 
+def _random_checkpoint(out: Path, preset: str, cams: int | None, image_size: int | None) -> Path:
+    """`write_checkpoint` in a child process (so no case's peak RSS includes it)."""
+    args = ["checkpoint", "--preset", preset, "--out", str(out)]
+    args += [] if cams is None else ["--cams", str(cams)]
+    _child(args + ([] if image_size is None else ["--image-size", str(image_size)]))
+    if not (out / "model.safetensors").is_file():
+        raise BenchError(f"could not write the random checkpoint for --preset {preset} --cams {cams}")
+    return out
+
+
 def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
     for m in a.mode:
         if m not in INFER_MODES:
@@ -498,13 +508,7 @@ def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[di
     out = []
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
         for cams in a.cams:
-            ckpt = Path(tmp) / f"{a.preset}-{cams}cams"
-            args = ["checkpoint", "--preset", a.preset, "--cams", str(cams), "--out", str(ckpt)]
-            _child(args + ([] if a.image_size is None else ["--image-size", str(a.image_size)]))
-            if not (ckpt / "model.safetensors").is_file():
-                raise BenchError(
-                    f"could not write the random checkpoint for --preset {a.preset} --cams {cams}"
-                )
+            ckpt = _random_checkpoint(Path(tmp) / f"{a.preset}-{cams}cams", a.preset, cams, a.image_size)
             refs: dict[str, torch.Tensor] = {}
             lerobot: dict[str, dict[str, Any]] = {}
             for mode in a.mode:
@@ -549,13 +553,7 @@ def run_train(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[s
     out = []
     lerobot = None
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
-        ckpt = Path(tmp) / "ckpt"
-        args = ["checkpoint", "--preset", a.preset, "--out", str(ckpt)]
-        args += [] if a.cams is None else ["--cams", str(a.cams)]
-        args += [] if a.image_size is None else ["--image-size", str(a.image_size)]
-        _child(args)
-        if not (ckpt / "model.safetensors").is_file():
-            raise BenchError(f"could not write the random checkpoint for --preset {a.preset}")
+        ckpt = _random_checkpoint(Path(tmp) / "ckpt", a.preset, a.cams, a.image_size)
         for prec in a.precision:
             args = ["train", "--preset", a.preset, "--checkpoint", str(ckpt), "--batch", str(a.batch)]
             args += ["--runs", str(a.runs), "--threads", str(a.threads), "--lang", str(a.lang)]

@@ -179,16 +179,12 @@ def parse_latency(v: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
+    from smolvla.serving.server import add_speed_flags  # the server's own flags, passed through to it
+
     p = argparse.ArgumentParser(prog="smolvla deploy sim", description=__doc__.split("\n\n")[0])
     p.add_argument("target", choices=["sim"], help="what to drive: the Meta-World simulated robot")
     p.add_argument("--policy.path", dest="policy_path", required=True)
-    p.add_argument("--policy.num_steps", dest="num_steps", type=int, default=None, help="denoising steps")
-    p.add_argument(
-        "--policy.inference_mode",
-        dest="inference_mode",
-        default=None,
-        help="fp32 | bf16 | int8 | auto: the served policy prepared for fast CPU inference",
-    )
+    add_speed_flags(p)
     p.add_argument("--env.task", dest="tasks", required=True, help="Meta-World task(s), comma-separated")
     p.add_argument(
         "--env.image_size", dest="image_size", type=int, default=None, help="default: the policy's"

@@ -454,12 +454,8 @@ class ServerThread:
 # Command line
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolvla serve", description="Serve a SmolVLA policy over WebSocket.")
-    p.add_argument(
-        "--policy.path", dest="policy_path", required=True, help="checkpoint folder or hub repo id"
-    )
-    p.add_argument("--policy.device", dest="device", default="cpu")
+def add_speed_flags(p: argparse.ArgumentParser) -> None:
+    """The served policy's speed options (also `smolvla deploy sim`'s, which passes them to its server)."""
     p.add_argument("--policy.num_steps", dest="num_steps", type=int, default=None, help="denoising steps")
     p.add_argument(
         "--policy.inference_mode",
@@ -467,6 +463,15 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="fp32 | bf16 | int8 | auto: the policy prepared for fast CPU inference (default: plain policy)",
     )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smolvla serve", description="Serve a SmolVLA policy over WebSocket.")
+    p.add_argument(
+        "--policy.path", dest="policy_path", required=True, help="checkpoint folder or hub repo id"
+    )
+    p.add_argument("--policy.device", dest="device", default="cpu")
+    add_speed_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument(
