@@ -58,7 +58,15 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads (serve --threads)")
     args = p.parse_args()
-    cmd = [sys.executable, "-m", "smolvla.cli", "serve", f"--policy.path={args.policy_path}", "--port", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "smolvla.apps.cli",
+        "serve",
+        f"--policy.path={args.policy_path}",
+        "--port",
+        "0",
+    ]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     server = subprocess.Popen(

@@ -11,6 +11,7 @@ import torch
 
 from smolvla.config import SmolVLAConfig, preset
 from smolvla.policy import SmolVLAPolicy
+from smolvla.processing import make_pre_post_processors, unit_stats
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,3 +71,25 @@ def micro_cfg() -> SmolVLAConfig:
 def micro_policy(micro_cfg: SmolVLAConfig) -> SmolVLAPolicy:
     torch.manual_seed(0)
     return SmolVLAPolicy.from_config(micro_cfg)
+
+
+def save_checkpoint(name: str, folder: Path) -> Path:
+    """A checkpoint folder with processors (unit stats), as `smolvla serve` loads it."""
+    cfg = preset(name)
+    torch.manual_seed(0)
+    policy = SmolVLAPolicy.from_config(cfg)
+    policy.save_pretrained(folder)
+    pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg))
+    pre.save(folder)
+    post.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def micro_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint("micro", tmp_path_factory.mktemp("micro_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint("tiny", tmp_path_factory.mktemp("tiny_ckpt"))

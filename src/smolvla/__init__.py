@@ -17,6 +17,9 @@ _EXPORTS = {
     "preset": "smolvla.config",
     "SmolVLAPolicy": "smolvla.policy",
     "make_pre_post_processors": "smolvla.processing",
+    "sample_observation": "smolvla.processing",
+    "unit_stats": "smolvla.processing",
+    "SmolVLAError": "smolvla.errors",
 }
 __all__ = list(_EXPORTS)
 

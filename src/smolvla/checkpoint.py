@@ -15,6 +15,7 @@ from safetensors.torch import save
 from torch import nn
 
 from smolvla.config import KNOWN_BACKBONES, BackboneConfig, ConfigError, SmolVLAConfig
+from smolvla.errors import SmolVLAError
 from smolvla.hub import looks_like_repo_id, resolve_dir
 from smolvla.io import read_json_object, write_atomic
 
@@ -23,7 +24,7 @@ CONFIG_FILE = "config.json"
 VLM_DIR = "vlm"  # where we store a backbone that is not known by name, beside the checkpoint
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SmolVLAError, ValueError):
     """A checkpoint file is missing, corrupt, or does not fit the model."""
 
 

@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from smolvla.errors import SmolVLAError
 from smolvla.io import read_json_object, write_json
 
 # Batch keys, as LeRobot names them.
@@ -30,7 +31,7 @@ ACTION_IS_PAD = "action_is_pad"
 TASK = "task"
 
 
-class ConfigError(ValueError):
+class ConfigError(SmolVLAError, ValueError):
     """A config value, or a config file, is not what SmolVLA accepts."""
 
 

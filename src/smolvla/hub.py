@@ -11,12 +11,14 @@ import os
 import re
 from pathlib import Path
 
+from smolvla.errors import SmolVLAError
+
 # "owner/name": one slash, Hub-legal characters, no leading dot or dash (so "./x" and "../x" are paths).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-class HubError(FileNotFoundError):
+class HubError(SmolVLAError, FileNotFoundError):
     """A checkpoint, tokenizer or file could be found neither locally nor on (or cached from) the Hub."""
 
 

@@ -32,13 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smolvla.checkpoint import CheckpointError
+from smolvla.errors import SmolVLAError
 from smolvla.hardware import has_vnni, int8_supported, native_bf16
 from smolvla.model.backbone import MLP, DecoderLayer, SelfAttention, VisionAttention
 
 MODES = ("fp32", "bf16", "int8")
 
 
-class InferenceModeError(ValueError):
+class InferenceModeError(SmolVLAError, ValueError):
     """An inference mode that does not exist or that this CPU cannot run."""
 
 
@@ -220,7 +222,9 @@ class SafetensorsReader:
     def _entry(self, key: str) -> tuple[torch.dtype, list[int], int, int]:
         e = self.entries[key]
         if e["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{self.path}: {key} has dtype {e['dtype']}, expected one of {list(_ST_DTYPES)}")
+            raise CheckpointError(
+                f"{self.path}: {key} has dtype {e['dtype']}, expected one of {list(_ST_DTYPES)}"
+            )
         start, end = e["data_offsets"]
         return _ST_DTYPES[e["dtype"]], e["shape"], self.base + start, end - start
 
@@ -268,11 +272,11 @@ def _materialize(block: nn.Module, prefix: str, reader: SafetensorsReader, dtype
             key = f"{prefix}{mod_name + '.' if mod_name else ''}{name}"
             t = reader.read(key)
             if tuple(t.shape) != tuple(p.shape):
-                raise ValueError(
+                raise CheckpointError(
                     f"{reader.path}: {key} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}"
                 )
             if not torch.isfinite(t).all():
-                raise ValueError(f"{reader.path}: {key} is not finite")
+                raise CheckpointError(f"{reader.path}: {key} is not finite")
             mod._parameters[name] = nn.Parameter(t.to(dtype), requires_grad=False)
 
 
@@ -290,7 +294,7 @@ def load_prepared(build: Callable[[], nn.Module], path: Path, mode: str = "auto"
     expected = set(policy.state_dict())
     missing = sorted(expected - set(reader.keys()))
     if missing:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: state dict does not match the model ({len(missing)} missing: {missing[:8]})"
         )
     # prune on meta (free), then read what is left block by block
@@ -298,7 +302,7 @@ def load_prepared(build: Callable[[], nn.Module], path: Path, mode: str = "auto"
     used = set(policy.state_dict())
     unexpected = sorted(set(reader.keys()) - expected)
     if unexpected:
-        raise ValueError(f"{path}: unexpected keys {unexpected[:8]} ({len(unexpected)})")
+        raise CheckpointError(f"{path}: unexpected keys {unexpected[:8]} ({len(unexpected)})")
     embed = policy.model.vlm_with_expert.vlm.model.text_model
     for block, dtype, q in _blocks(policy, mode):
         prefix = names[id(block)] + "."
@@ -314,7 +318,7 @@ def load_prepared(build: Callable[[], nn.Module], path: Path, mode: str = "auto"
         if q:
             _quantize_block(block)
     if used:
-        raise ValueError(f"{path}: parameters not loaded: {sorted(used)[:8]}")
+        raise CheckpointError(f"{path}: parameters not loaded: {sorted(used)[:8]}")
     _finish(policy, mode)
     return policy
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from smolvla.errors import MissingFileError
+
 
 def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> dict[str, Any]:
     """The JSON object in `path`. A missing file raises FileNotFoundError, bad JSON or a non-object
@@ -15,7 +17,7 @@ def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> d
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise MissingFileError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from e
     if not isinstance(d, dict):

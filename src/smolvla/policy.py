@@ -36,13 +36,14 @@ from smolvla.config import (
     ConfigError,
     SmolVLAConfig,
 )
+from smolvla.errors import SmolVLAError
 from smolvla.hub import resolve_dir
 from smolvla.io import write_json
 from smolvla.model.vla import VLAFlowMatching
 from smolvla.processing.images import resize_with_pad
 
 
-class BatchError(ValueError):
+class BatchError(SmolVLAError, ValueError):
     """A batch field is missing or not what the policy expects."""
 
 
@@ -137,7 +138,7 @@ class SmolVLAPolicy(nn.Module):
             from smolvla.inference import load_prepared
 
             if device is not None and torch.device(device).type != "cpu":
-                raise ValueError(
+                raise BatchError(
                     f"inference_mode: {inference_mode!r} prepares for CPUs, got device {device!r}; "
                     "on a GPU load without it (and use set_precision)"
                 )
@@ -205,7 +206,7 @@ class SmolVLAPolicy(nn.Module):
         exact_only (with frozen_only): only the frozen parts whose every value `dtype` holds exactly
         (a bf16 checkpoint such as smolvla_base, loaded as fp32), so that no weight changes."""
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
+            raise BatchError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
         if not frozen_only:
             self.model.vlm_with_expert.to(dtype)
             return self
@@ -277,7 +278,7 @@ class SmolVLAPolicy(nn.Module):
                 "trained; load the checkpoint without inference_mode to train"
             )
         if reduction not in ("mean", "none"):
-            raise ValueError(f"reduction: got {reduction!r}, expected 'mean' or 'none'")
+            raise BatchError(f"reduction: got {reduction!r}, expected 'mean' or 'none'")
         images, img_masks, tokens, token_mask, state = self._prepare_inputs(batch)
         actions = self._check_actions(batch, state.shape[0])
         a = actions.shape[-1]

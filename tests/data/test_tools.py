@@ -7,7 +7,7 @@ import json
 import av
 import numpy as np
 
-from smolvla.cli import main
+from smolvla.apps.cli import main
 from smolvla.data.tools import info, recompute_stats
 from tests.data import synth
 

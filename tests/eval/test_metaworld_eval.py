@@ -13,13 +13,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: hea
 import pytest
 import torch
 
-from smolvla.cli import unit_stats
 from smolvla.config import FeatureType, PolicyFeature, SmolVLAConfig, preset
 from smolvla.envs.record import EVAL_SEED_BASE
 from smolvla.eval import EvalConfig, evaluate, main, print_table
 from smolvla.eval.metaworld import MAX_EPISODE_STEPS, config_from_flags, parse_flags
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processing import make_pre_post_processors
+from smolvla.processing import make_pre_post_processors, unit_stats
 
 pytest.importorskip("metaworld")
 av = pytest.importorskip("av")

@@ -9,23 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from smolvla.cli import unit_stats
-from smolvla.config import preset
-from smolvla.policy import SmolVLAPolicy
-from smolvla.processing import make_pre_post_processors
-
-
-def save_checkpoint(name: str, folder: Path) -> Path:
-    """A checkpoint folder with processors (unit stats), as `smolvla serve` loads it."""
-    cfg = preset(name)
-    torch.manual_seed(0)
-    policy = SmolVLAPolicy.from_config(cfg)
-    policy.save_pretrained(folder)
-    pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg))
-    pre.save(folder)
-    post.save(folder)
-    return folder
-
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
@@ -35,16 +18,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="session")
-def micro_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint("micro", tmp_path_factory.mktemp("micro_ckpt"))
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint("tiny", tmp_path_factory.mktemp("tiny_ckpt"))
 
 
 def micro_obs(seed: int = 0) -> dict:

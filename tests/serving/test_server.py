@@ -202,7 +202,7 @@ def test_rtc_uses_the_unexecuted_rest_of_the_connections_last_chunk(micro_ckpt):
 
 def test_sigterm_shuts_down_gracefully(micro_ckpt):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smolvla.cli", "serve", f"--policy.path={micro_ckpt}", "--port", "0"],
+        [sys.executable, "-m", "smolvla.apps.cli", "serve", f"--policy.path={micro_ckpt}", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -224,14 +224,14 @@ def test_sigterm_shuts_down_gracefully(micro_ckpt):
 
 
 def test_serve_cli_reports_a_bad_checkpoint(tmp_path, capsys):
-    from smolvla.cli import main
+    from smolvla.apps.cli import main
 
     assert main(["serve", f"--policy.path={tmp_path}", "--port", "0"]) == 2
     assert "config.json" in capsys.readouterr().err
 
 
 def test_api_key_env_must_be_set(micro_ckpt, capsys, monkeypatch):
-    from smolvla.cli import main
+    from smolvla.apps.cli import main
 
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     assert main(["serve", f"--policy.path={micro_ckpt}", "--api-key-env", "NO_SUCH_KEY_VAR"]) == 2

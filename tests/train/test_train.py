@@ -249,7 +249,7 @@ def test_refuses_instructions_that_truncate_into_the_same_tokens(dataset, tmp_pa
 def test_bf16_fine_tuning_under_ddp_keeps_the_frozen_weights_exactly(dataset, tmp_path):
     """A bf16 checkpoint (as smolvla_base) fine-tuned with bf16 autocast by 2 processes: the frozen parts
     are stored in bf16 during training (mixed dtypes under DDP) and come out bit-identical."""
-    from smolvla.bench import write_checkpoint
+    from smolvla.apps.bench import write_checkpoint
 
     write_checkpoint("micro", None, tmp_path / "base")
     out = tmp_path / "ft"

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from smolvla.data.errors import DatasetError
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -36,15 +38,15 @@ class AugmentConfig:
         for name in ("brightness", "contrast", "saturation"):
             v = getattr(self, name)
             if not 0 <= v < 1:
-                raise ValueError(f"AugmentConfig.{name}: got {v!r}, expected a number in [0, 1)")
+                raise DatasetError(f"AugmentConfig.{name}: got {v!r}, expected a number in [0, 1)")
         if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"AugmentConfig.hue: got {self.hue!r}, expected a number in [0, 0.5]")
+            raise DatasetError(f"AugmentConfig.hue: got {self.hue!r}, expected a number in [0, 0.5]")
         if not 0 < self.crop_scale <= 1:
-            raise ValueError(
+            raise DatasetError(
                 f"AugmentConfig.crop_scale: got {self.crop_scale!r}, expected a number in (0, 1]"
             )
         if not isinstance(self.max_shift, int) or self.max_shift < 0:
-            raise ValueError(f"AugmentConfig.max_shift: got {self.max_shift!r}, expected an integer >= 0")
+            raise DatasetError(f"AugmentConfig.max_shift: got {self.max_shift!r}, expected an integer >= 0")
 
 
 _GRAY = (0.299, 0.587, 0.114)
@@ -158,7 +160,7 @@ class ImageAugment:
     def _check(img: torch.Tensor, lead: str) -> None:
         need = 4 if lead else 3
         if img.ndim < need or img.shape[-3] != 3 or not img.is_floating_point():
-            raise ValueError(
+            raise DatasetError(
                 f"ImageAugment: got {img.dtype} {tuple(img.shape)}, expected float [{lead}..., 3, H, W]"
             )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from smolvla.errors import SmolVLAError
 
-class DatasetError(ValueError):
+
+class DatasetError(SmolVLAError, ValueError):
     """A dataset on disk, or a frame given to the writer, is not what the LeRobot format allows."""
 
 

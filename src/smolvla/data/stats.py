@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla.data.errors import DatasetError
+
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STAT_NAMES = ("min", "max", "mean", "std", "count", *QUANTILES)
 _KNOT_LEVELS = np.array([0.0, *QUANTILES.values(), 1.0])
@@ -41,7 +43,7 @@ def vector_stats(values: np.ndarray) -> Stats:
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"vector_stats: got shape {np.shape(values)}, expected (N>0,) or (N>0, D)")
+        raise DatasetError(f"vector_stats: got shape {np.shape(values)}, expected (N>0,) or (N>0, D)")
     out: Stats = {
         "min": x.min(0),
         "max": x.max(0),
@@ -92,7 +94,7 @@ def histogram_stats(hist: np.ndarray, frames: int) -> Stats:
     """Stats (each of shape (C, 1, 1), in [0, 1]) of uint8 pixels given as (C, 256) counts."""
     hist = np.asarray(hist, dtype=np.int64)
     if frames < 1 or hist.sum() == 0:
-        raise ValueError("histogram_stats: no pixels were accumulated")
+        raise DatasetError("histogram_stats: no pixels were accumulated")
     values = np.arange(256, dtype=np.float64)
     out: dict[str, list[float]] = {k: [] for k in STAT_NAMES if k != "count"}
     for h in hist:
@@ -140,7 +142,7 @@ def _mixture_quantiles(knots: np.ndarray, weights: np.ndarray, levels: Sequence[
 def _aggregate(counts: np.ndarray, arrays: dict[str, np.ndarray], shape: tuple[int, ...]) -> Stats:
     """Aggregation of stacked stats: counts (E,), arrays[stat] (E, P) with P = prod(shape)."""
     if (counts <= 0).any():
-        raise ValueError(f"aggregate stats: counts must be positive, got {counts.tolist()}")
+        raise DatasetError(f"aggregate stats: counts must be positive, got {counts.tolist()}")
     w = counts / counts.sum()
     means, stds = arrays["mean"], arrays["std"]
     mean = (w[:, None] * means).sum(0)
@@ -168,17 +170,17 @@ def _aggregate(counts: np.ndarray, arrays: dict[str, np.ndarray], shape: tuple[i
 def _check_entry(s: Stats, shape: tuple[int, ...] | None) -> tuple[int, ...]:
     for k in ("min", "max", "mean", "std", "count"):
         if k not in s:
-            raise ValueError(f"aggregate stats: a stats entry lacks {k!r} (it has {sorted(s)})")
+            raise DatasetError(f"aggregate stats: a stats entry lacks {k!r} (it has {sorted(s)})")
     got = np.shape(s["mean"])
     if shape is not None and got != shape:
-        raise ValueError(f"aggregate stats: shapes differ ({got} vs {shape})")
+        raise DatasetError(f"aggregate stats: shapes differ ({got} vs {shape})")
     return got
 
 
 def aggregate_feature_stats(stats_list: Sequence[Stats]) -> Stats:
     """One feature's stats over several episodes (or datasets): see the module docstring."""
     if not stats_list:
-        raise ValueError("aggregate_feature_stats: no stats to aggregate")
+        raise DatasetError("aggregate_feature_stats: no stats to aggregate")
     shape = _check_entry(stats_list[0], None)
     for s in stats_list:
         _check_entry(s, shape)
@@ -250,11 +252,11 @@ def stats_to_json(stats: dict[str, Stats]) -> dict[str, dict[str, Any]]:
 def stats_from_json(d: dict[str, dict[str, Any]], where: str = "stats") -> dict[str, Stats]:
     """The inverse of `stats_to_json` (arrays at least 1-D, as LeRobot loads them)."""
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: got {type(d).__name__}, expected a mapping of feature name to stats")
+        raise DatasetError(f"{where}: got {type(d).__name__}, expected a mapping of feature name to stats")
     out: dict[str, Stats] = {}
     for feat, s in d.items():
         if not isinstance(s, dict):
-            raise ValueError(
+            raise DatasetError(
                 f"{where}.{feat}: got {type(s).__name__}, expected a mapping of stat name to list"
             )
         out[feat] = {}
@@ -262,7 +264,7 @@ def stats_from_json(d: dict[str, dict[str, Any]], where: str = "stats") -> dict[
             try:
                 out[feat][k] = np.atleast_1d(np.asarray(v, dtype=np.int64 if k == "count" else np.float64))
             except (TypeError, ValueError) as e:
-                raise ValueError(f"{where}.{feat}.{k}: not a numeric array ({e})") from e
+                raise DatasetError(f"{where}.{feat}.{k}: not a numeric array ({e})") from e
     return out
 
 

@@ -42,6 +42,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from smolvla.config import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
+from smolvla.errors import SmolVLAError
+
+
+class EnvError(SmolVLAError, ValueError):
+    """A task, difficulty or environment setting that does not exist."""
+
 
 CAMERA = f"{OBS_IMAGES}.camera1"
 STATE = OBS_STATE
@@ -141,7 +147,7 @@ def tasks_for(spec: str) -> list[str]:
     """Task names for a spec: "all", a bucket ("easy", "medium", "hard", "very_hard"), or a
     comma-separated list of tasks ("reach-v3,drawer-close-v3") and buckets; in order, without repeats."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"tasks: got {spec!r}, expected 'all', a bucket {list(DIFFICULTY)} or task names")
+        raise EnvError(f"tasks: got {spec!r}, expected 'all', a bucket {list(DIFFICULTY)} or task names")
     out: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
         if part == "all":
@@ -213,13 +219,13 @@ class MetaWorldEnv:
         self.task_name = _check_task(task)
         self.task = INSTRUCTIONS[task]
         if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 1:
-            raise ValueError(f"image_size: got {image_size!r}, expected a positive integer (pixels)")
+            raise EnvError(f"image_size: got {image_size!r}, expected a positive integer (pixels)")
         if max_episode_steps is not None and (
             not isinstance(max_episode_steps, (int, np.integer))
             or isinstance(max_episode_steps, bool)
             or max_episode_steps < 1
         ):
-            raise ValueError(f"max_episode_steps: got {max_episode_steps!r}, expected a positive integer")
+            raise EnvError(f"max_episode_steps: got {max_episode_steps!r}, expected a positive integer")
         self.image_size = int(image_size)
         self.terminate_on_success = bool(terminate_on_success)
 
@@ -294,10 +300,10 @@ class MetaWorldEnv:
         if self._closed:
             raise RuntimeError(f"reset: {self!r} is closed")
         if options:
-            raise ValueError(f"options: got {options!r}, expected None (no reset options)")
+            raise EnvError(f"options: got {options!r}, expected None (no reset options)")
         if seed is not None:
             if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-                raise ValueError(f"seed: got {seed!r}, expected a non-negative integer or None")
+                raise EnvError(f"seed: got {seed!r}, expected a non-negative integer or None")
             self._env.seed(int(seed))
         state, _ = self._env.reset()
         self._steps = 0
@@ -312,14 +318,14 @@ class MetaWorldEnv:
         try:
             a = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"action: got {type(action).__name__}, expected 4 floats ({e})") from e
+            raise EnvError(f"action: got {type(action).__name__}, expected 4 floats ({e})") from e
         if a.shape != (4,):
-            raise ValueError(
+            raise EnvError(
                 f"action: got shape {a.shape}, expected (4,) (hand dx, dy, dz, gripper effort); "
                 "take one action out of a batch or chunk"
             )
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"action: got {a.tolist()}, expected finite values")
+            raise EnvError(f"action: got {a.tolist()}, expected finite values")
         state, reward, _, _, info = self._env.step(np.clip(a, -1.0, 1.0).astype(np.float32))
         self._steps += 1
         success = bool(info["success"])
@@ -367,7 +373,7 @@ def expert_action(env: MetaWorldEnv, obs: dict[str, np.ndarray]) -> np.ndarray:
     state = obs.get(ENV_STATE) if isinstance(obs, dict) else None
     if state is None or np.shape(state) != (39,):
         got = "no such key" if state is None else f"shape {np.shape(state)}"
-        raise ValueError(f"obs[{ENV_STATE!r}]: {got}, expected the (39,) state from MetaWorldEnv")
+        raise EnvError(f"obs[{ENV_STATE!r}]: {got}, expected the (39,) state from MetaWorldEnv")
     with warnings.catch_warnings():
         # The experts' gains exceed 1 on purpose and each call warns about it; the env clips.
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")

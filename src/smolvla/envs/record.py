@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from smolvla.config import ACTION, OBS_STATE, TASK
-from smolvla.envs.metaworld import CAMERA, INSTRUCTIONS, MetaWorldEnv, expert_action, tasks_for
+from smolvla.envs.metaworld import CAMERA, INSTRUCTIONS, EnvError, MetaWorldEnv, expert_action, tasks_for
 from smolvla.envs.workers import Worker, answer
 from smolvla.io import write_json
 
@@ -50,11 +50,11 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
-            raise ValueError(f"episodes: got {self.episodes}, expected a positive integer")
+            raise EnvError(f"episodes: got {self.episodes}, expected a positive integer")
         if self.workers < 1:
-            raise ValueError(f"workers: got {self.workers}, expected a positive integer")
+            raise EnvError(f"workers: got {self.workers}, expected a positive integer")
         if not self.tasks:
-            raise ValueError("tasks: got none, expected at least one Meta-World task")
+            raise EnvError("tasks: got none, expected at least one Meta-World task")
 
 
 def features(image_size: int) -> dict[str, dict[str, Any]]:

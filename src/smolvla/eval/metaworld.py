@@ -54,6 +54,7 @@ from smolvla.envs.metaworld import (
 )
 from smolvla.envs.record import EVAL_SEED_BASE, FPS
 from smolvla.envs.workers import Worker, answer
+from smolvla.errors import MissingFileError, SmolVLAError
 from smolvla.io import write_json
 
 # The scripted experts, measured on 20 evaluation seeds x 50 tasks: 98.2 % succeed within Meta-World's
@@ -70,8 +71,8 @@ _CHECKPOINT_FILES = ["*.json", "*.safetensors", "vlm/*", "tokenizer/*"]  # a hub
 _BUCKET = {task: bucket for bucket, names in DIFFICULTY.items() for task in names}
 
 
-class EvalError(RuntimeError):
-    """An evaluation worker failed (its error is in the message) or exited."""
+class EvalError(SmolVLAError, ValueError, RuntimeError):
+    """A bad evaluation setting, or a worker that failed (its error is in the message) or exited."""
 
 
 def _positive(name: str, v: Any, optional: bool = False) -> None:
@@ -79,7 +80,7 @@ def _positive(name: str, v: Any, optional: bool = False) -> None:
         return
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
         also = " or None (the checkpoint's)" if optional else ""
-        raise ValueError(f"{name}: got {v!r}, expected a positive integer{also}")
+        raise EvalError(f"{name}: got {v!r}, expected a positive integer{also}")
 
 
 @dataclass(frozen=True)
@@ -110,20 +111,20 @@ class EvalConfig:
         if isinstance(tasks, str):
             tasks = tasks_for(tasks)
         if not isinstance(tasks, (list, tuple)) or not tasks:
-            raise ValueError(f"tasks: got {tasks!r}, expected at least one Meta-World task name")
+            raise EvalError(f"tasks: got {tasks!r}, expected at least one Meta-World task name")
         for t in tasks:
             _check_task(t)
         repeated = sorted({t for t in tasks if tasks.count(t) > 1})
         if repeated:
-            raise ValueError(f"tasks: {repeated} given more than once, expected each task once")
+            raise EvalError(f"tasks: {repeated} given more than once, expected each task once")
         object.__setattr__(self, "tasks", tuple(tasks))
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.policy_type not in POLICY_TYPES:
-            raise ValueError(f"policy_type: got {self.policy_type!r}, expected one of {list(POLICY_TYPES)}")
+            raise EvalError(f"policy_type: got {self.policy_type!r}, expected one of {list(POLICY_TYPES)}")
         if self.policy_type == "smolvla" and self.policy_path is None:
-            raise ValueError("policy_path: got None, expected a checkpoint folder or hub repo id")
+            raise EvalError("policy_path: got None, expected a checkpoint folder or hub repo id")
         if self.policy_type == "expert" and self.policy_path is not None:
-            raise ValueError(
+            raise EvalError(
                 f"policy_path: got {self.policy_path!r} with policy_type='expert', expected None "
                 "(the scripted expert has no checkpoint)"
             )
@@ -138,7 +139,7 @@ class EvalConfig:
         _positive("num_steps", self.num_steps, optional=True)
         _positive("image_size", self.image_size, optional=True)
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed: got {self.seed!r}, expected a non-negative integer")
+            raise EvalError(f"seed: got {self.seed!r}, expected a non-negative integer")
 
     @property
     def seeds(self) -> list[int]:
@@ -175,10 +176,10 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
 
     folder = resolve_dir(str(cfg.policy_path), allow_patterns=_CHECKPOINT_FILES)
     if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"policy_path: {folder} has no {CONFIG_FILE}, expected a SmolVLA checkpoint")
+        raise MissingFileError(f"policy_path: {folder} has no {CONFIG_FILE}, expected a SmolVLA checkpoint")
     missing = [f for f in (PREPROCESSOR_FILE, POSTPROCESSOR_FILE) if not (folder / f).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"policy_path: {folder} has no {' or '.join(missing)}; the evaluation feeds raw observations "
             "through the checkpoint's processors. Create them with the training dataset's stats: "
             "`pre, post = make_pre_post_processors(policy.config, dataset_stats=stats); "
@@ -194,7 +195,7 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
     ):
         shape = None if feat is None else tuple(feat.shape)
         if shape != (4,):
-            raise ValueError(
+            raise EvalError(
                 f"{what}[{key!r}]: got shape {shape}, expected (4,): Meta-World's state is hand xyz + "
                 "gripper opening and its action hand dx, dy, dz + gripper effort"
             )
@@ -204,7 +205,7 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
     elif CAMERA in cams and len(cams) - 1 <= config.empty_cameras:
         camera = CAMERA  # the others are empty cameras (all -1) that the policy masks out
     else:
-        raise ValueError(
+        raise EvalError(
             f"input_features: the policy expects cameras {cams} (empty_cameras={config.empty_cameras}), "
             f"the Meta-World env gives one, {CAMERA!r}; evaluate a policy trained on one camera"
         )
@@ -212,7 +213,7 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
     if image_size is None:
         _, h, w = config.image_features[camera].shape
         if h != w:
-            raise ValueError(
+            raise EvalError(
                 f"image_size: the policy's camera {camera!r} is {h}x{w} and Meta-World renders square "
                 "images; pass image_size (--env.image_size=N)"
             )
@@ -680,18 +681,18 @@ def parse_flags(argv: list[str]) -> dict[str, str]:
     args = iter(argv)
     for arg in args:
         if not arg.startswith("--"):
-            raise ValueError(f"argument {arg!r}: expected a --name=value flag (see --help)")
+            raise EvalError(f"argument {arg!r}: expected a --name=value flag (see --help)")
         name, eq, value = arg[2:].partition("=")
         if name not in FLAGS:
             close = difflib.get_close_matches(name, list(FLAGS), n=1, cutoff=0.0)
-            raise ValueError(f"unknown flag --{name}; did you mean --{close[0]}? (see --help)")
+            raise EvalError(f"unknown flag --{name}; did you mean --{close[0]}? (see --help)")
         if not eq:
             nxt = next(args, None)
             if nxt is None or nxt.startswith("--"):
-                raise ValueError(f"--{name}: no value, expected --{name}=VALUE")
+                raise EvalError(f"--{name}: no value, expected --{name}=VALUE")
             value = nxt
         if name in flags:
-            raise ValueError(f"--{name}: given twice ({flags[name]!r} and {value!r}), expected once")
+            raise EvalError(f"--{name}: given twice ({flags[name]!r} and {value!r}), expected once")
         flags[name] = value
     return flags
 
@@ -702,26 +703,26 @@ def _int(flags: dict[str, str], name: str) -> int | None:
     try:
         return int(flags[name])
     except ValueError:
-        raise ValueError(f"--{name}: got {flags[name]!r}, expected an integer") from None
+        raise EvalError(f"--{name}: got {flags[name]!r}, expected an integer") from None
 
 
 def config_from_flags(flags: dict[str, str]) -> EvalConfig:
     env_type = flags.get("env.type", "metaworld")
     if env_type != "metaworld":
-        raise ValueError(f"--env.type: got {env_type!r}, expected 'metaworld' (the only simulator here)")
+        raise EvalError(f"--env.type: got {env_type!r}, expected 'metaworld' (the only simulator here)")
     task, difficulty = flags.get("env.task"), flags.get("env.difficulty")
     if (task is None) == (difficulty is None):
-        raise ValueError(
+        raise EvalError(
             "give exactly one of --env.task=T1,T2 or --env.difficulty=easy|medium|hard|very_hard|all"
         )
     if difficulty is not None and difficulty not in (*DIFFICULTY, "all"):
-        raise ValueError(f"--env.difficulty: got {difficulty!r}, expected one of {[*DIFFICULTY, 'all']}")
+        raise EvalError(f"--env.difficulty: got {difficulty!r}, expected one of {[*DIFFICULTY, 'all']}")
     videos = flags.get("eval.videos", "true").lower()
     if videos not in ("true", "false"):
-        raise ValueError(f"--eval.videos: got {flags['eval.videos']!r}, expected true or false")
+        raise EvalError(f"--eval.videos: got {flags['eval.videos']!r}, expected true or false")
     policy_type = flags.get("policy.type", "smolvla")
     if policy_type == "smolvla" and "policy.path" not in flags:
-        raise ValueError("--policy.path: missing, expected a checkpoint folder (or --policy.type=expert)")
+        raise EvalError("--policy.path: missing, expected a checkpoint folder (or --policy.type=expert)")
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     kwargs: dict[str, Any] = {
         "n_episodes": _int(flags, "eval.n_episodes"),

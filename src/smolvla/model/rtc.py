@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from smolvla.config import ConfigError
 from smolvla.model.vla import make_att_2d_masks
 
 SCHEDULES = ("linear", "exp", "ones", "zeros")
@@ -43,21 +44,21 @@ class RTCConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.execution_horizon, int) or self.execution_horizon < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"execution_horizon: got {self.execution_horizon!r}, expected a positive integer"
             )
         if not (isinstance(self.max_guidance_weight, (int, float)) and self.max_guidance_weight > 0):
-            raise ValueError(
+            raise ConfigError(
                 f"max_guidance_weight: got {self.max_guidance_weight!r}, expected a positive number"
             )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: got {self.schedule!r}, expected one of {list(SCHEDULES)}")
+            raise ConfigError(f"schedule: got {self.schedule!r}, expected one of {list(SCHEDULES)}")
 
 
 def prefix_weights(inference_delay: int, horizon: int, total: int, schedule: str = "linear") -> torch.Tensor:
     """(total,) weights: 1 before `inference_delay`, decaying over [inference_delay, horizon), 0 after."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule: got {schedule!r}, expected one of {list(SCHEDULES)}")
+        raise ConfigError(f"schedule: got {schedule!r}, expected one of {list(SCHEDULES)}")
     horizon = max(0, min(horizon, total))
     start = max(0, min(inference_delay, horizon))
     i = torch.arange(total, dtype=torch.float32)
@@ -102,7 +103,7 @@ def sample_actions_rtc(
     shape = (b, s, cfg.max_action_dim)
     x = torch.randn(shape, device=state.device) if noise is None else noise.to(torch.float32).clone()
     if not isinstance(inference_delay, int) or inference_delay < 0:
-        raise ValueError(f"inference_delay: got {inference_delay!r}, expected a non-negative integer")
+        raise ConfigError(f"inference_delay: got {inference_delay!r}, expected a non-negative integer")
 
     target = weights = None
     if prev_chunk is not None and prev_chunk.shape[1] > 0:
@@ -112,7 +113,7 @@ def sample_actions_rtc(
             or prev_chunk.shape[2] != a
             or prev_chunk.shape[1] > s
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"prev_chunk: got shape {tuple(prev_chunk.shape)}, expected ({b}, L <= {s}, {a})"
             )
         n = prev_chunk.shape[1]

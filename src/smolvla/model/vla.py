@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smolvla.config import BackboneConfig, SmolVLAConfig, expert_intermediate_size
+from smolvla.config import BackboneConfig, ConfigError, SmolVLAConfig, expert_intermediate_size
 from smolvla.model.backbone import (
     DecoderLayer,
     RMSNorm,
@@ -47,7 +47,7 @@ def sinusoidal_time_embedding(
 ) -> torch.Tensor:
     """t (B,) -> (B, dim): [sin, cos] over geometric periods, computed in float64 where available."""
     if dim % 2:
-        raise ValueError(f"time embedding width: got {dim}, expected an even number")
+        raise ConfigError(f"time embedding width: got {dim}, expected an even number")
     dtype = torch.float32 if t.device.type in ("mps", "xpu") else torch.float64
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
@@ -78,7 +78,7 @@ class VLMWithExpert(nn.Module):
         super().__init__()
         n_vlm, n_exp = cfg.num_vlm_layers, cfg.n_expert_layers
         if n_vlm > backbone.text.num_hidden_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"num_vlm_layers: got {n_vlm}, but the backbone {cfg.vlm_model_name!r} has only "
                 f"{backbone.text.num_hidden_layers} text layers"
             )

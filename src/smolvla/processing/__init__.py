@@ -8,12 +8,14 @@ from smolvla.processing.normalize import (
     flatten_stats,
     stats_from_json,
     unflatten_stats,
+    unit_stats,
 )
 from smolvla.processing.pipeline import (
     PolicyPostprocessor,
     PolicyPreprocessor,
     ProcessorError,
     make_pre_post_processors,
+    sample_observation,
 )
 from smolvla.processing.tokenizer import (
     LanguageTokenizer,
@@ -37,7 +39,9 @@ __all__ = [
     "load_tokenizer",
     "make_pre_post_processors",
     "resize_with_pad",
+    "sample_observation",
     "save_byte_tokenizer",
     "stats_from_json",
     "unflatten_stats",
+    "unit_stats",
 ]

@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from smolvla.errors import SmolVLAError
+
+
+class ProcessorError(SmolVLAError, ValueError):
+    """A processor file is malformed, names an unknown step, or the data does not fit the pipeline."""
+
 
 def resize_with_pad(img: torch.Tensor, width: int, height: int, pad_value: float = 0.0) -> torch.Tensor:
     """Aspect-preserving bilinear resize into (height, width), padded on the top and left.
@@ -13,7 +19,7 @@ def resize_with_pad(img: torch.Tensor, width: int, height: int, pad_value: float
     checkpoints were trained on it, so it must be reproduced exactly. img: (B, C, H, W).
     """
     if img.ndim != 4:
-        raise ValueError(f"image: got shape {tuple(img.shape)}, expected (B, C, H, W)")
+        raise ProcessorError(f"image: got shape {tuple(img.shape)}, expected (B, C, H, W)")
     cur_h, cur_w = img.shape[2:]
     ratio = max(cur_w / width, cur_h / height)
     new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
@@ -32,11 +38,13 @@ def to_float_chw(img: torch.Tensor, key: str = "image") -> torch.Tensor:
     layouts, batched or not. Float channels-first input passes unchanged.
     """
     if img.ndim not in (3, 4):
-        raise ValueError(f"{key}: got shape {tuple(img.shape)}, expected [(B,) 3, H, W] or [(B,) H, W, 3]")
+        raise ProcessorError(
+            f"{key}: got shape {tuple(img.shape)}, expected [(B,) 3, H, W] or [(B,) H, W, 3]"
+        )
     if img.shape[-1] == 3 and img.shape[-3] != 3:  # channels last
         img = img.movedim(-1, -3)
     if img.dtype == torch.uint8:
         return img.float() / 255.0
     if not img.is_floating_point():
-        raise ValueError(f"{key}: got dtype {img.dtype}, expected uint8 or float in [0, 1]")
+        raise ProcessorError(f"{key}: got dtype {img.dtype}, expected uint8 or float in [0, 1]")
     return img

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smolvla.config import FeatureType, NormMode, PolicyFeature
+from smolvla.config import FeatureType, NormMode, PolicyFeature, SmolVLAConfig
+from smolvla.errors import SmolVLAError
 from smolvla.io import read_json_object
 
 # The stats each mode reads: (low/centre, high/spread).
@@ -27,11 +28,11 @@ NEEDED_STATS: dict[NormMode, tuple[str, str]] = {
 Stats = dict[str, dict[str, torch.Tensor]]
 
 
-class MissingStatsError(ValueError):
+class MissingStatsError(SmolVLAError, ValueError):
     """A feature's normalization mode needs statistics that were not given."""
 
 
-class StatsError(ValueError):
+class StatsError(SmolVLAError, ValueError):
     """Statistics that exist but cannot be used (not finite, wrong shape, not numbers)."""
 
 
@@ -90,7 +91,7 @@ def _norm_map(norm_map: dict[Any, Any]) -> dict[FeatureType, NormMode]:
         try:
             out[FeatureType(k.value if isinstance(k, FeatureType) else k)] = NormMode(v)
         except ValueError:
-            raise ValueError(
+            raise StatsError(
                 f"norm_map: {k!r}: {v!r} is not a feature type -> mode pair; types are "
                 f"{[t.value for t in FeatureType]}, modes {[m.value for m in NormMode]}"
             ) from None
@@ -216,3 +217,22 @@ class Normalizer:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return flatten_stats(self.stats)
+
+
+def unit_stats(cfg: SmolVLAConfig) -> dict[str, dict[str, list[float]]]:
+    """Zero-mean unit-variance stats for a demo of an untrained policy (no dataset to compute them)."""
+    out = {}
+    for key, feat in {**cfg.input_features, **cfg.output_features}.items():
+        if feat.type in (FeatureType.STATE, FeatureType.ACTION):
+            n = feat.shape[0]
+            out[key] = {
+                "mean": [0.0] * n,
+                "std": [1.0] * n,
+                "min": [-1.0] * n,
+                "max": [1.0] * n,
+                "q01": [-1.0] * n,
+                "q99": [1.0] * n,
+                "q10": [-1.0] * n,
+                "q90": [1.0] * n,
+            }
+    return out

@@ -28,13 +28,15 @@ from smolvla.config import (
     OBS_STATE,
     OBS_TOKEN_MASK,
     OBS_TOKENS,
+    TASK,
     ConfigError,
     PolicyFeature,
     SmolVLAConfig,
 )
+from smolvla.errors import MissingFileError
 from smolvla.hub import resolve_dir
 from smolvla.io import read_json_object, write_atomic
-from smolvla.processing.images import to_float_chw
+from smolvla.processing.images import ProcessorError, to_float_chw
 from smolvla.processing.normalize import Normalizer, to_stats, unflatten_stats
 from smolvla.processing.tokenizer import BUILTIN_TOKENIZERS, LanguageTokenizer, load_tokenizer
 
@@ -68,10 +70,6 @@ _FLOAT_DTYPES = {
     "float64": torch.float64,
     "double": torch.float64,
 }
-
-
-class ProcessorError(ValueError):
-    """A processor file is malformed, names an unknown step, or the data does not fit the pipeline."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +184,7 @@ def _read(path: Path, filename: str, expected: tuple[str, ...]) -> tuple[Path, d
     """The steps of a pipeline file by registry name, after checking every step is one we know."""
     file = path / filename
     if not file.is_file():
-        raise FileNotFoundError(f"{filename} not found in {path}")
+        raise MissingFileError(f"{filename} not found in {path}")
     d = read_json_object(file, ProcessorError)
     if not isinstance(d.get("steps"), list):
         raise ProcessorError(f"{file}: expected an object with a 'steps' list")
@@ -229,7 +227,7 @@ def _load_normalizer(
         if step["state_file"] is not None:
             state = path / step["state_file"]
             if not state.is_file():
-                raise FileNotFoundError(f"{where}: state_file {state} not found (the normalization stats)")
+                raise MissingFileError(f"{where}: state_file {state} not found (the normalization stats)")
             try:
                 stats = unflatten_stats(load_file(str(state)))
             except Exception as e:
@@ -506,3 +504,20 @@ def make_pre_post_processors(
     )
     post = PolicyPostprocessor(normalizer=Normalizer(config.output_features, norm_map, stats))
     return pre, post
+
+
+def sample_observation(cfg: SmolVLAConfig, seed: int = 0) -> dict[str, Any]:
+    """A camera frame per camera (uint8, channels last, as a robot gives it), a state, a task."""
+    rng = np.random.default_rng(seed)
+    obs: dict[str, Any] = {}
+    for key, feat in cfg.image_features.items():
+        _, h, w = feat.shape
+        frame = np.zeros((h, w, 3), np.uint8)
+        frame[..., 2] = np.linspace(60, 200, w, dtype=np.uint8)[None]  # a blue-ish table
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        frame[y : y + h // 4, x : x + w // 4] = (220, 30, 30)  # a red cube
+        obs[key] = frame
+    if cfg.state_feature is not None:
+        obs[OBS_STATE] = rng.normal(size=cfg.state_feature.shape).astype(np.float32)
+    obs[TASK] = "pick up the red cube"
+    return obs

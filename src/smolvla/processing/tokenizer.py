@@ -18,6 +18,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from smolvla.config import MICRO_BACKBONE, TINY_BACKBONE
+from smolvla.errors import MissingFileError, SmolVLAError
 from smolvla.io import read_json_object, write_json
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
@@ -29,7 +30,7 @@ _BYTE_SPECIALS = ["<global-img>", "<fake_token_around_image>", "<image>", "<end_
 BYTE_OFFSET = len(_BYTE_HEAD)  # byte b has id b + 3
 
 
-class TokenizerError(ValueError):
+class TokenizerError(SmolVLAError, ValueError):
     """A tokenizer file or a tokenizer input is not usable."""
 
 
@@ -70,7 +71,7 @@ class LanguageTokenizer:
         path = Path(path)
         file = path / "tokenizer.json"
         if not file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"tokenizer.json not found: looked in {path}"
                 + ("" if path.is_dir() else " (no such folder)")
                 + ". A tokenizer folder needs the `tokenizers` library's tokenizer.json (slow-only "
@@ -133,16 +134,16 @@ class LanguageTokenizer:
         if isinstance(tasks, str):
             tasks = [tasks]
         if not isinstance(tasks, (list, tuple)) or not tasks:
-            raise ValueError(f"task: got {tasks!r}, expected a string or a non-empty list of strings")
+            raise TokenizerError(f"task: got {tasks!r}, expected a string or a non-empty list of strings")
         for t in tasks:
             if not isinstance(t, str):
-                raise ValueError(f"task: got {t!r} ({type(t).__name__}) in {tasks!r}, expected strings")
+                raise TokenizerError(f"task: got {t!r} ({type(t).__name__}) in {tasks!r}, expected strings")
         if padding not in ("longest", "max_length"):
-            raise ValueError(f"padding: got {padding!r}, expected 'longest' or 'max_length'")
+            raise TokenizerError(f"padding: got {padding!r}, expected 'longest' or 'max_length'")
         if not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"max_length: got {max_length!r}, expected a positive integer")
+            raise TokenizerError(f"max_length: got {max_length!r}, expected a positive integer")
         if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side: got {padding_side!r}, expected 'left' or 'right'")
+            raise TokenizerError(f"padding_side: got {padding_side!r}, expected 'left' or 'right'")
         # LeRobot's smolvla_new_line_processor: the prompt ends with a newline.
         texts = [t if t.endswith("\n") else t + "\n" for t in tasks]
 

@@ -4,7 +4,6 @@
 - `smolvla.serving.server`: `smolvla serve` (needs torch);
 - `smolvla.serving.client`: the robot client, LeRobot's async semantics (numpy + websockets + msgpack);
 - `smolvla.serving.robot`: the Robot / Camera interface and the Meta-World simulated robot;
-- `smolvla.serving.deploy`: `smolvla deploy sim`, sync vs async measured in real time.
 
 Nothing is imported here, so `import smolvla.serving.client` stays free of torch.
 """

@@ -42,6 +42,8 @@ from typing import Any, Protocol
 import numpy as np
 import websockets.sync.client
 
+from smolvla.config import ConfigError
+from smolvla.errors import SmolVLAError
 from smolvla.serving.protocol import (
     DEFAULT_LIMITS,
     STATE_KEY,
@@ -62,7 +64,7 @@ AGGREGATE_FUNCTIONS: dict[str, AggregateFn] = {
 MODES = ("async", "sync")
 
 
-class ServerError(RuntimeError):
+class ServerError(SmolVLAError, RuntimeError):
     """The server answered with an error (a text frame): the message says what it refused."""
 
 
@@ -157,28 +159,28 @@ class RobotClientConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str):
-            raise ValueError(f"task: got {type(self.task).__name__}, expected a string")
+            raise ConfigError(f"task: got {type(self.task).__name__}, expected a string")
         if not (isinstance(self.fps, (int, float)) and 0 < self.fps <= 1000):
-            raise ValueError(f"fps: got {self.fps!r}, expected a number in (0, 1000]")
+            raise ConfigError(f"fps: got {self.fps!r}, expected a number in (0, 1000]")
         if not (isinstance(self.chunk_size_threshold, (int, float)) and 0 <= self.chunk_size_threshold <= 1):
-            raise ValueError(
+            raise ConfigError(
                 f"chunk_size_threshold: got {self.chunk_size_threshold!r}, expected a number in [0, 1]"
             )
         if self.aggregate_fn_name not in AGGREGATE_FUNCTIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"aggregate_fn_name: got {self.aggregate_fn_name!r}, "
                 f"expected one of {list(AGGREGATE_FUNCTIONS)}"
             )
         if not (isinstance(self.similarity_atol, (int, float)) and self.similarity_atol >= 0):
-            raise ValueError(f"similarity_atol: got {self.similarity_atol!r}, expected a number >= 0")
+            raise ConfigError(f"similarity_atol: got {self.similarity_atol!r}, expected a number >= 0")
         if self.actions_per_chunk is not None and (
             not isinstance(self.actions_per_chunk, int) or self.actions_per_chunk < 1
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"actions_per_chunk: got {self.actions_per_chunk!r}, expected a positive integer"
             )
         if self.mode not in MODES:
-            raise ValueError(f"mode: got {self.mode!r}, expected one of {list(MODES)}")
+            raise ConfigError(f"mode: got {self.mode!r}, expected one of {list(MODES)}")
 
 
 class RobotLike(Protocol):

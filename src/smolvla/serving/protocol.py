@@ -26,6 +26,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from smolvla.errors import SmolVLAError
+
 NDARRAY = b"__ndarray__"
 NPGENERIC = b"__npgeneric__"
 _ARRAY_KEYS = frozenset({NDARRAY, b"data", b"dtype", b"shape"})
@@ -39,7 +41,7 @@ DTYPES: frozenset[str] = frozenset(
 MAX_NDIM = 8
 
 
-class ProtocolError(ValueError):
+class ProtocolError(SmolVLAError, ValueError):
     """A message that is not valid for this protocol: the text says which part and why."""
 
 

@@ -45,7 +45,7 @@ import torch
 import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
-from smolvla.config import OBS_STATE
+from smolvla.config import OBS_STATE, ConfigError
 from smolvla.model.rtc import SCHEDULES, RealTimeChunker, RTCConfig
 from smolvla.serving.protocol import (
     CONTROL_KEY,
@@ -75,7 +75,7 @@ class InferenceEngine:
         max_task_chars: int = 1024,
     ) -> None:
         if not (isinstance(latency, (int, float)) and math.isfinite(latency) and latency >= 0):
-            raise ValueError(f"latency: got {latency!r}, expected seconds >= 0")
+            raise ConfigError(f"latency: got {latency!r}, expected seconds >= 0")
         self.policy, self.pre, self.post = policy.eval(), pre, post
         self.rtc = rtc
         self.latency = float(latency)
@@ -110,7 +110,7 @@ class InferenceEngine:
             and resolve_mode(inference_mode) == "int8"
         ):
             # RTC's guidance differentiates the denoiser; int8 layers have no gradient
-            raise ValueError(
+            raise ConfigError(
                 f"--policy.inference_mode={inference_mode} runs int8 layers, which RTC cannot differentiate "
                 "through: use --policy.inference_mode=bf16 or fp32 with --rtc"
             )
@@ -220,17 +220,17 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ValueError(f"port: got {self.port!r}, expected an integer in [0, 65535]")
+            raise ConfigError(f"port: got {self.port!r}, expected an integer in [0, 65535]")
         if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
-            raise ValueError("api_key: expected a string of at least 8 characters")
+            raise ConfigError("api_key: expected a string of at least 8 characters")
         if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1024:
-            raise ValueError(
+            raise ConfigError(
                 f"max_message_bytes: got {self.max_message_bytes!r}, expected an integer >= 1024"
             )
         for name in ("idle_timeout", "shutdown_timeout"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"{name}: got {v!r}, expected seconds > 0")
+                raise ConfigError(f"{name}: got {v!r}, expected seconds > 0")
 
 
 @dataclass
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            raise ValueError(f"--api-key-env: environment variable {args.api_key_env!r} is not set or empty")
+            raise ConfigError(f"--api-key-env: environment variable {args.api_key_env!r} is not set or empty")
     if args.host not in LOOPBACK:
         log.warning(
             "binding to %s: reachable from other machines%s",
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads: got {args.threads}, expected a positive integer")
+            raise ConfigError(f"--threads: got {args.threads}, expected a positive integer")
         torch.set_num_threads(args.threads)
     rtc = RTCConfig(args.rtc_horizon, args.rtc_beta, args.rtc_schedule) if args.rtc else None
     engine = InferenceEngine.load(

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smolvla.config import PRESETS, SmolVLAConfig
+from smolvla.errors import SmolVLAError
 from smolvla.io import read_json_object
 
 if TYPE_CHECKING:
     from smolvla.data.augment import AugmentConfig
 
 
-class FlagError(ValueError):
+class FlagError(SmolVLAError, ValueError):
     """A command-line flag or config-file entry is unknown or malformed."""
 
 

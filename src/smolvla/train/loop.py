@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from smolvla.config import ACTION, ACTION_IS_PAD, OBS_STATE, FeatureType, PolicyFeature, SmolVLAConfig, preset
+from smolvla.errors import SmolVLAError
 from smolvla.hardware import native_bf16
 from smolvla.policy import SmolVLAPolicy
 from smolvla.train.config import TrainConfig, default_output_dir
@@ -31,7 +32,7 @@ from smolvla.train.optim import make_optimizer, make_scheduler
 from smolvla.train.state import PRETRAINED, last_checkpoint, load_training_state, save_checkpoint
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SmolVLAError, RuntimeError):
     """Training cannot start or cannot go on (bad setup, diverged loss)."""
 
 

@@ -6,14 +6,14 @@ import math
 
 import torch
 
-from smolvla.config import SmolVLAConfig
+from smolvla.config import ConfigError, SmolVLAConfig
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: SmolVLAConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (frozen ones get no gradient and no state)."""
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
-        raise ValueError("optimizer: no trainable parameter (every part of the policy is frozen)")
+        raise ConfigError("optimizer: no trainable parameter (every part of the policy is frozen)")
     return torch.optim.AdamW(
         trainable,
         lr=cfg.optimizer_lr,

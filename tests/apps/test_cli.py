@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from smolvla.cli import main
+from smolvla.apps.cli import main
 from smolvla.processing import make_pre_post_processors
 from tests.conftest import require_shared
 
@@ -16,7 +16,7 @@ def test_demo_prints_an_action_chunk(capsys):
 
 
 def test_demo_from_a_checkpoint(micro_policy, tmp_path, capsys):
-    from smolvla.cli import unit_stats
+    from smolvla.processing import unit_stats
 
     micro_policy.save_pretrained(tmp_path)
     pre, post = make_pre_post_processors(micro_policy.config, dataset_stats=unit_stats(micro_policy.config))

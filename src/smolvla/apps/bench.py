@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from smolvla.errors import SmolVLAError
+
 INFER_MODES = ("reference", "fp32", "bf16", "int8")
 # LeRobot's precision beside each of our modes (its best bf16 setting for ours in bf16 and int8)
 LEROBOT_PREC = {"reference": "fp32", "fp32": "fp32", "bf16": "bf16vlm_expert", "int8": "bf16vlm_expert"}
@@ -51,7 +53,7 @@ DEFAULT_LEROBOT_SCRIPT = (
 )
 
 
-class BenchError(ValueError):
+class BenchError(SmolVLAError, ValueError):
     """A benchmark option is wrong (the message names it)."""
 
 
@@ -429,7 +431,7 @@ def lerobot_case(python: str, script: Path, args: list[str], threads: int, runs:
 
 
 def _child(args: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "smolvla.bench", "_case", *args]
+    cmd = [sys.executable, "-m", "smolvla.apps.bench", "_case", *args]
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1])  # the package this driver runs, also in the child
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -10,8 +10,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: hea
 import numpy as np
 import pytest
 
+from smolvla.apps.deploy import boundary_jumps, parse_latency, parse_variants
 from smolvla.serving.client import TimedAction
-from smolvla.serving.deploy import boundary_jumps, parse_latency, parse_variants
 
 
 def test_boundary_jumps_separate_chunk_switches_from_steps_inside():
@@ -39,7 +39,7 @@ def test_argument_errors_name_the_flag():
 
 def test_deploy_sim_end_to_end(tiny_ckpt, tmp_path, capsys):
     pytest.importorskip("metaworld")
-    from smolvla.cli import main
+    from smolvla.apps.cli import main
     from smolvla.model.rtc import RTCConfig
     from smolvla.serving.server import InferenceEngine, PolicyServer, ServerConfig, ServerThread
 

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld")
 
-from smolvla.quickstart import QuickstartConfig, run
+from smolvla.apps.quickstart import QuickstartConfig, run
 
 
 @pytest.mark.parametrize("processes", [1, 2])

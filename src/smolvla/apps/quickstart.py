@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smolvla.config import ConfigError
 from smolvla.io import write_json
 
 # Tasks whose objects are large in a 64 px corner2 view, with distinct instructions: one policy must
@@ -56,11 +57,11 @@ class QuickstartConfig:
             object.__setattr__(self, "processes", auto)
         for name in ("episodes", "image_size", "steps", "batch_size", "eval_episodes", "processes"):
             if getattr(self, name) < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"--{name.replace('_', '-')}: got {getattr(self, name)}, expected a positive integer"
                 )
         if self.batch_size % self.processes:
-            raise ValueError(
+            raise ConfigError(
                 f"--batch-size: got {self.batch_size}, expected a multiple of --processes ({self.processes})"
             )
 
@@ -76,7 +77,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--output-dir {out} is not empty: choose a new folder (or delete it)")
+        raise ConfigError(f"--output-dir {out} is not empty: choose a new folder (or delete it)")
     times: dict[str, float] = {}
     t0 = time.perf_counter()
 

@@ -1,11 +1,11 @@
-"""The benchmark harness (smolvla.bench) on the micro preset: fields, consistency, clear errors."""
+"""The benchmark harness (smolvla.apps.bench) on the micro preset: fields, consistency, clear errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from smolvla import bench
+from smolvla.apps import bench
 
 
 def test_inference_case_reports_the_stages_of_predict_action_chunk(tmp_path):

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smolvla.config import OBS_STATE, PRESETS, TASK, FeatureType, SmolVLAConfig, preset
+from smolvla.config import PRESETS, TASK, preset
 from smolvla.policy import SmolVLAPolicy
+from smolvla.processing import sample_observation, unit_stats
 
 
 def parameter_report(policy: SmolVLAPolicy) -> dict[str, Any]:
@@ -93,42 +94,6 @@ def info(path: str, as_json: bool = False) -> dict[str, Any]:
     return report
 
 
-def sample_observation(cfg: SmolVLAConfig, seed: int = 0) -> dict[str, Any]:
-    """A camera frame per camera (uint8, channels last, as a robot gives it), a state, a task."""
-    rng = np.random.default_rng(seed)
-    obs: dict[str, Any] = {}
-    for key, feat in cfg.image_features.items():
-        _, h, w = feat.shape
-        frame = np.zeros((h, w, 3), np.uint8)
-        frame[..., 2] = np.linspace(60, 200, w, dtype=np.uint8)[None]  # a blue-ish table
-        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        frame[y : y + h // 4, x : x + w // 4] = (220, 30, 30)  # a red cube
-        obs[key] = frame
-    if cfg.state_feature is not None:
-        obs[OBS_STATE] = rng.normal(size=cfg.state_feature.shape).astype(np.float32)
-    obs[TASK] = "pick up the red cube"
-    return obs
-
-
-def unit_stats(cfg: SmolVLAConfig) -> dict[str, dict[str, list[float]]]:
-    """Zero-mean unit-variance stats for a demo of an untrained policy (no dataset to compute them)."""
-    out = {}
-    for key, feat in {**cfg.input_features, **cfg.output_features}.items():
-        if feat.type in (FeatureType.STATE, FeatureType.ACTION):
-            n = feat.shape[0]
-            out[key] = {
-                "mean": [0.0] * n,
-                "std": [1.0] * n,
-                "min": [-1.0] * n,
-                "max": [1.0] * n,
-                "q01": [-1.0] * n,
-                "q99": [1.0] * n,
-                "q10": [-1.0] * n,
-                "q90": [1.0] * n,
-            }
-    return out
-
-
 def demo(policy_path: str | None, preset_name: str, seed: int, device: str) -> torch.Tensor:
     """Runs a policy end to end on a sample observation: raw frames -> preprocessor -> chunk -> actions."""
     from smolvla.processing import make_pre_post_processors
@@ -199,7 +164,7 @@ def _dataset(argv: list[str]) -> None:
 
 
 def _quickstart(argv: list[str]) -> None:
-    from smolvla.quickstart import main as quickstart_main
+    from smolvla.apps.quickstart import main as quickstart_main
 
     quickstart_main(argv)
 
@@ -211,7 +176,7 @@ def _serve(argv: list[str]) -> None:
 
 
 def _deploy(argv: list[str]) -> None:
-    from smolvla.serving.deploy import main as deploy_main
+    from smolvla.apps.deploy import main as deploy_main
 
     deploy_main(argv)
 
@@ -229,7 +194,7 @@ def _eval(argv: list[str]) -> None:
 
 
 def _bench(argv: list[str]) -> None:
-    from smolvla.bench import main as bench_main
+    from smolvla.apps.bench import main as bench_main
 
     bench_main(argv)
 

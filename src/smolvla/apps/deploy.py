@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from smolvla.config import ConfigError
 from smolvla.serving.client import (
     AGGREGATE_FUNCTIONS,
     ClientStats,
@@ -69,7 +70,15 @@ class ServerProcess:
     """`smolvla serve` as a subprocess on a free loopback port."""
 
     def __init__(self, policy_path: str, latency: float, rtc: bool, extra: list[str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "smolvla.cli", "serve", f"--policy.path={policy_path}", "--port", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "smolvla.apps.cli",
+            "serve",
+            f"--policy.path={policy_path}",
+            "--port",
+            "0",
+        ]
         cmd += ["--latency", str(latency), "--log-level", "WARNING", *(extra or [])]
         if rtc:
             cmd.append("--rtc")
@@ -162,7 +171,7 @@ def parse_variants(spec: str) -> list[str]:
     out = [v.strip() for v in spec.split(",") if v.strip()]
     bad = [v for v in out if v not in VARIANTS]
     if not out or bad:
-        raise ValueError(f"--mode: got {spec!r}, expected a comma-separated list of {list(VARIANTS)}")
+        raise ConfigError(f"--mode: got {spec!r}, expected a comma-separated list of {list(VARIANTS)}")
     return out
 
 
@@ -172,9 +181,9 @@ def parse_latency(v: str) -> float:
     try:
         s = float(v)
     except ValueError:
-        raise ValueError(f"--latency: got {v!r}, expected 'auto' or seconds >= 0") from None
+        raise ConfigError(f"--latency: got {v!r}, expected 'auto' or seconds >= 0") from None
     if not (s >= 0 and np.isfinite(s)):
-        raise ValueError(f"--latency: got {v!r}, expected 'auto' or seconds >= 0")
+        raise ConfigError(f"--latency: got {v!r}, expected 'auto' or seconds >= 0")
     return s
 
 
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     latency = parse_latency(args.latency)
     tasks = tasks_for(args.tasks)
     if args.episodes < 1:
-        raise ValueError(f"--episodes: got {args.episodes}, expected a positive integer")
+        raise ConfigError(f"--episodes: got {args.episodes}, expected a positive integer")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     image_size = args.image_size
