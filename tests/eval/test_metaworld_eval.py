@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from smolvla.config import FeatureType, PolicyFeature, SmolVLAConfig, preset
-from smolvla.envs.record import EVAL_SEED_BASE
+from smolvla.envs.metaworld import EVAL_SEED_BASE
 from smolvla.eval import EvalConfig, evaluate, main, print_table
 from smolvla.eval.metaworld import MAX_EPISODE_STEPS, config_from_flags, parse_flags
 from smolvla.policy import SmolVLAPolicy

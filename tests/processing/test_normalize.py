@@ -14,7 +14,7 @@ from smolvla.processing.normalize import (
     Normalizer,
     StatsError,
     flatten_stats,
-    stats_from_json,
+    load_stats,
     unflatten_stats,
 )
 
@@ -196,12 +196,12 @@ def test_stats_from_json(tmp_path: Path) -> None:
     }
     p = tmp_path / "stats.json"
     p.write_text(json.dumps(d))
-    stats = stats_from_json(p)
+    stats = load_stats(p)
     assert stats["observation.images.cam"]["mean"].shape == (3, 1, 1)
     assert stats["observation.state"]["count"].dtype == torch.float32
-    assert stats_from_json(d)["observation.state"]["max"].tolist() == [2.0, 3.0]
+    assert load_stats(d)["observation.state"]["max"].tolist() == [2.0, 3.0]
     with pytest.raises(FileNotFoundError, match=r"missing\.json"):
-        stats_from_json(tmp_path / "missing.json")
+        load_stats(tmp_path / "missing.json")
     p.write_text(json.dumps({"observation.state": {"mean": ["a"]}}))
     with pytest.raises(StatsError, match=r"stats.json: stats\['observation.state'\]\['mean'\]"):
-        stats_from_json(p)
+        load_stats(p)

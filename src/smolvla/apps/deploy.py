@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from smolvla.config import ConfigError
+from smolvla.envs.metaworld import EVAL_SEED_BASE
 from smolvla.serving.client import (
     AGGREGATE_FUNCTIONS,
     ClientStats,
@@ -42,7 +43,6 @@ from smolvla.serving.client import (
 from smolvla.serving.robot import MetaWorldRobot
 
 VARIANTS = ("sync", "async", "async+rtc")
-EVAL_SEED_BASE = 1_000_000  # as smolvla.envs.record: seeds no recording used
 
 
 def boundary_jumps(log: list[Any]) -> dict[str, float | int | None]:
@@ -314,7 +314,8 @@ def table(report: dict[str, Any]) -> str:
 
 
 def _video(path: Path, frames: list, robot: MetaWorldRobot, row: dict[str, Any], fps: float) -> None:
-    from smolvla.eval.metaworld import caption_frames, write_mp4
+    from smolvla.data.video import write_mp4
+    from smolvla.eval.metaworld import caption_frames
 
     rate = max(1, round(fps))  # one frame per control tick: waiting shows as a still arm
     write_mp4(path, caption_frames(frames, robot.instruction, row["success"], row["steps"], rate // 2), rate)

@@ -84,6 +84,7 @@ class VideoEncoder:
         g: int | None = 2,
         crf: int | None = 30,
         preset: int | str | None = None,
+        threads: int | None = None,
     ):
         if not isinstance(fps, int) or fps <= 0:
             raise VideoError(f"fps: got {fps!r}, expected a positive integer")
@@ -112,6 +113,8 @@ class VideoEncoder:
                 enc, rate=fps, options=encoder_options(codec, g, crf, preset)
             )
             self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
+            if threads is not None:  # evaluation workers encode one core each
+                self._stream.codec_context.thread_count = threads
         except Exception as e:
             self.abort()
             raise VideoError(f"{self.path}: cannot open the {enc} encoder ({e})") from e
@@ -150,6 +153,7 @@ def encode_video(
     g: int | None = 2,
     crf: int | None = 30,
     preset: int | str | None = None,
+    threads: int | None = None,
 ) -> None:
     """Encodes uint8 frames (T, H, W, 3) into an MP4 file; frame `i` is at `i / fps` seconds."""
     frames = np.asarray(frames)
@@ -167,6 +171,7 @@ def encode_video(
         g=g,
         crf=crf,
         preset=preset,
+        threads=threads,
     )
     try:
         for f in frames:
@@ -175,6 +180,20 @@ def encode_video(
     except BaseException:
         enc.abort()
         raise
+
+
+def write_mp4(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: int) -> None:
+    """Frames for a person to watch (rollouts, captioned episodes): H.264 at high quality, one thread,
+    written atomically so a viewer never opens half a file. Dataset videos use `encode_video` with
+    LeRobot's settings instead."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
+    try:
+        encode_video(np.stack(frames), tmp, fps, codec="h264", g=None, crf=20, preset="veryfast", threads=1)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 @dataclass(frozen=True)

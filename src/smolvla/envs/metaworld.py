@@ -50,6 +50,8 @@ class EnvError(SmolVLAError, ValueError):
 
 
 CAMERA = f"{OBS_IMAGES}.camera1"
+FPS = 80  # LeRobot's Meta-World env runs at 80 fps
+EVAL_SEED_BASE = 1_000_000  # evaluation seeds start here, far from any recording's seeds
 STATE = OBS_STATE
 ENV_STATE = OBS_ENV_STATE
 

@@ -28,12 +28,17 @@ from typing import Any
 import numpy as np
 
 from smolvla.config import ACTION, OBS_STATE, TASK
-from smolvla.envs.metaworld import CAMERA, INSTRUCTIONS, EnvError, MetaWorldEnv, expert_action, tasks_for
+from smolvla.envs.metaworld import (
+    CAMERA,
+    FPS,
+    INSTRUCTIONS,
+    EnvError,
+    MetaWorldEnv,
+    expert_action,
+    tasks_for,
+)
 from smolvla.envs.workers import Worker, answer
 from smolvla.io import write_json
-
-FPS = 80  # LeRobot's Meta-World env runs at 80 fps
-EVAL_SEED_BASE = 1_000_000  # evaluation seeds start here, far from any recording's seeds
 
 
 @dataclass(frozen=True)

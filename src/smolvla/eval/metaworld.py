@@ -45,6 +45,8 @@ from smolvla.config import OBS_STATE, TASK
 from smolvla.envs.metaworld import (
     CAMERA,
     DIFFICULTY,
+    EVAL_SEED_BASE,
+    FPS,
     INSTRUCTIONS,
     STATE,
     MetaWorldEnv,
@@ -52,7 +54,6 @@ from smolvla.envs.metaworld import (
     expert_action,
     tasks_for,
 )
-from smolvla.envs.record import EVAL_SEED_BASE, FPS
 from smolvla.envs.workers import Worker, answer
 from smolvla.errors import MissingFileError, SmolVLAError
 from smolvla.io import write_json
@@ -377,40 +378,6 @@ def caption_frames(
     return out + [out[-1]] * hold
 
 
-def video_codec() -> str:
-    """h264 when this PyAV's FFmpeg has an encoder for it, else mpeg4 (always built in)."""
-    import av
-
-    for name in ("libx264", "h264"):
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except Exception:  # PyAV raises its own UnknownCodecError, a ValueError in some versions
-            continue
-    return "mpeg4"
-
-
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int = FPS) -> None:
-    """RGB uint8 frames (even sides) to an MP4, written atomically."""
-    import av
-
-    codec = video_codec()
-    h, w = frames[0].shape[:2]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
-    with av.open(str(tmp), "w", format="mp4") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.thread_count = 1  # one core per worker
-        if codec == "mpeg4":
-            stream.codec_context.bit_rate = 4_000_000  # its default (200 kb/s) blurs the text
-        else:
-            stream.codec_context.options = {"crf": "20", "preset": "veryfast"}
-        for frame in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode())
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------------------------------
 # Worker process
 
@@ -440,9 +407,12 @@ def worker_main(spec: dict[str, Any]) -> None:
             frames: list[np.ndarray] | None = [] if job.get("video") else None
             result = {"task": task, "seed": seed, **rollout(envs[task], actor, seed, frames)}
             if frames:
+                from smolvla.data.video import write_mp4  # PyAV only where videos are asked for
+
                 path = Path(job["video"])
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_mp4(path, caption_frames(frames, envs[task].task, result["success"], result["steps"]))
+                captioned = caption_frames(frames, envs[task].task, result["success"], result["steps"])
+                write_mp4(path, captioned, FPS)
             answer(result)
     except Exception as e:
         traceback.print_exc()

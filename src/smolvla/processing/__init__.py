@@ -6,7 +6,7 @@ from smolvla.processing.normalize import (
     Normalizer,
     StatsError,
     flatten_stats,
-    stats_from_json,
+    load_stats,
     unflatten_stats,
     unit_stats,
 )
@@ -36,12 +36,12 @@ __all__ = [
     "TokenizerError",
     "build_byte_tokenizer",
     "flatten_stats",
+    "load_stats",
     "load_tokenizer",
     "make_pre_post_processors",
     "resize_with_pad",
     "sample_observation",
     "save_byte_tokenizer",
-    "stats_from_json",
     "unflatten_stats",
     "unit_stats",
 ]

@@ -73,8 +73,9 @@ def unflatten_stats(flat: dict[str, torch.Tensor]) -> Stats:
     return out
 
 
-def stats_from_json(path_or_dict: str | Path | dict[str, Any]) -> Stats:
-    """Reads a LeRobot dataset's `meta/stats.json` (or its parsed dict): lists become float32 tensors."""
+def load_stats(path_or_dict: str | Path | dict[str, Any]) -> Stats:
+    """Normalization stats from a LeRobot dataset's `meta/stats.json` (or its parsed dict), as float32
+    tensors. (`smolvla.data.stats_from_json` is the dataset side: numpy arrays, counts kept.)"""
     if isinstance(path_or_dict, dict):
         return to_stats(path_or_dict)
     path = Path(path_or_dict)
