@@ -17,9 +17,10 @@ API key (openpi-client's `Authorization: Api-Key ...` header).
 Concurrency: the event loop only moves frames; decoding and checking a message runs on one decode
 thread and inference on one inference thread, so requests from different clients are served one at a
 time, in arrival order. A connection's next message is not read until its previous one is answered, so
-no client has more than one message in either queue: a client sending garbage as fast as it can gets
-its turn like every other, and the decoder's work per message is bounded (`protocol.Limits`). Each
-connection has its own state (request count, the previous chunk for RTC).
+no client has more than one message in either queue, and the decoder's work per message is bounded
+(`protocol.Limits`). After an error answer the connection's next message waits (`ERROR_DELAY_S`,
+`ERROR_BYTES_PER_S`), so a client sending garbage back to back cannot take the server from the others.
+Each connection has its own state (request count, the previous chunk for RTC).
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ from smolvla.serving.protocol import (
 log = logging.getLogger("smolvla.serve")
 PROTOCOL_VERSION = 1
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# After an error answer a connection's next message is read only this much later: a fixed part, and one
+# proportional to the refused message's size. Receiving and refusing garbage costs the server time per
+# message and per byte; this caps what one connection sending garbage back to back can take from the
+# others (here at most 100 messages/s and 64 MiB/s), while a robot that makes one mistake loses 10 ms.
+ERROR_DELAY_S = 0.01
+ERROR_BYTES_PER_S = 64 * 2**20
 
 
 class InferenceEngine:
@@ -207,6 +214,7 @@ class _Connection:
     requests: int = 0
     errors: int = 0
     prev_total_ms: float | None = None
+    read_after: float = 0.0  # time.monotonic() before which its next message is not read (after an error)
 
     def reset(self) -> None:
         self.prev_total_ms = None
@@ -331,6 +339,9 @@ class PolicyServer:
         try:
             await ws.send(self._metadata)
             while True:
+                wait = conn.read_after - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 try:
                     message = await asyncio.wait_for(ws.recv(), timeout=self.config.idle_timeout)
                 except asyncio.TimeoutError:
@@ -345,8 +356,9 @@ class PolicyServer:
                 "connection %d closed after %d requests (%d errors)", conn.id, conn.requests, conn.errors
             )
 
-    async def _error(self, ws: ServerConnection, conn: _Connection, text: str) -> None:
+    async def _error(self, ws: ServerConnection, conn: _Connection, text: str, size: int = 0) -> None:
         conn.errors += 1
+        conn.read_after = time.monotonic() + ERROR_DELAY_S + size / ERROR_BYTES_PER_S
         self.stats.errors += 1
         log.info("connection %d: %s", conn.id, text)
         await ws.send(f"error: {text}")  # a text frame: openpi-client raises it as RuntimeError
@@ -354,13 +366,13 @@ class PolicyServer:
     async def _answer(self, ws: ServerConnection, conn: _Connection, message: str | bytes) -> None:
         t0 = time.perf_counter()
         if isinstance(message, str):
-            await self._error(ws, conn, "got a text frame, expected a binary msgpack message")
+            await self._error(ws, conn, "got a text frame, expected a binary msgpack message", len(message))
             return
         loop = asyncio.get_running_loop()
         try:
             ctrl, obs, fields = await loop.run_in_executor(self._decoder, self._decode, message)
         except ProtocolError as e:
-            await self._error(ws, conn, str(e))
+            await self._error(ws, conn, str(e), len(message))
             return
         if ctrl is not None:
             await self._control(ws, conn, ctrl)
@@ -379,7 +391,7 @@ class PolicyServer:
             actions = await loop.run_in_executor(self._executor, run)
         except Exception as e:  # the policy refused this input (e.g. a processor check): say why, go on
             log.debug("inference failed: %s", traceback.format_exc())
-            await self._error(ws, conn, f"{type(e).__name__}: {e}")
+            await self._error(ws, conn, f"{type(e).__name__}: {e}", len(message))
             return
         finally:
             self._inflight -= 1
