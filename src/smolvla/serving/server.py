@@ -234,6 +234,9 @@ def _check_seconds(name: str, v: Any, hi: float) -> None:
 
 
 MAX_MESSAGE_BYTES = 2**30  # past this one message would not fit in a small server's memory
+# Messages websockets reads ahead of the handler per connection before it stops reading the socket. A
+# robot sends one request and waits for its answer; more read-ahead only holds a flooder's garbage.
+MAX_QUEUE = 2
 
 
 @dataclass(frozen=True)
@@ -244,10 +247,10 @@ class ServerConfig:
     max_message_bytes: int = 16 * 2**20
     idle_timeout: float = 300.0  # a connection that sends nothing for this long is closed
     shutdown_timeout: float = 10.0  # how long SIGTERM waits for in-flight requests
-    # Each connection may buffer a few messages of max_message_bytes; this bounds the server's memory
-    # and the decode queue. Connections past it are refused with HTTP 503 at the handshake, so the
-    # robots already connected keep their service.
-    max_connections: int = 64
+    # Each connection may hold about (MAX_QUEUE + 3) messages of max_message_bytes (queued, being read,
+    # being answered): this bounds the server's memory and the decode queue. Connections past it are
+    # refused with HTTP 503 at the handshake, so the robots already connected keep their service.
+    max_connections: int = 32
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -458,7 +461,7 @@ class PolicyServer:
                 c.port,
                 compression=None,
                 max_size=c.max_message_bytes,
-                max_queue=4,
+                max_queue=MAX_QUEUE,
                 process_request=self._process_request,
                 open_timeout=10,
                 close_timeout=5,
