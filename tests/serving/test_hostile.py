@@ -228,7 +228,13 @@ field_values = structures | ndarray_like | st.just(np.zeros((3, 4, 4), np.float1
 
 @st.composite
 def malformed(draw) -> bytes:
-    kind = draw(st.sampled_from(["structure", "truncated", "field", "spliced"]))
+    kind = draw(st.sampled_from(["structure", "truncated", "field", "spliced", "headers"]))
+    if kind == "headers":  # containers announcing any number of items, nested, then whatever bytes
+        heads = st.sampled_from([b"\xdc", b"\xdd", b"\xde", b"\xdf", b"\x9f", b"\x8f", b"\xc6", b"\xdb"])
+        parts = draw(st.lists(st.tuples(heads, st.integers(0, 2**32 - 1)), max_size=30))
+        body = b"".join(h + n.to_bytes(4, "big")[-(2 if h in (b"\xdc", b"\xde") else 4) :] if h[0] >= 0xC0
+                        else h for h, n in parts)  # fmt: skip
+        return body + draw(st.binary(max_size=64))
     if kind == "structure":
         return msgpack.packb(draw(structures), use_bin_type=True)
     if kind == "truncated":
@@ -246,7 +252,7 @@ def _pack_array(a: np.ndarray) -> dict:
     return {b"__ndarray__": True, b"data": a.tobytes(), b"dtype": a.dtype.str, b"shape": list(a.shape)}
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(malformed())
 def test_malformed_messages_give_an_observation_or_a_protocol_error(data):
     t0 = time.perf_counter()
