@@ -16,7 +16,7 @@ API key (openpi-client's `Authorization: Api-Key ...` header).
 
 Concurrency: the event loop only moves frames; decoding and checking a message runs on one decode
 thread and inference on one inference thread, so requests from different clients are served one at a
-time, in arrival order. A connection's next message is not read until its previous one is answered, so
+time, in arrival order. A connection's next message is not taken until its previous one is answered, so
 no client has more than one message in either queue, and the decoder's work per message is bounded
 (`protocol.Limits`). After an error answer the connection's next message waits (`ERROR_DELAY_S`,
 `ERROR_BYTES_PER_S`), so a client sending garbage back to back cannot take the server from the others.
@@ -264,14 +264,13 @@ class ServerConfig:
         _check_int("max_connections", self.max_connections, 1, 10000)
 
     @staticmethod
-    def message_bytes(megabytes: Any, name: str = "--max-message-mb") -> int:
+    def message_bytes(mb: Any, name: str = "--max-message-mb") -> int:
         """`max_message_bytes` from a size in MiB (the command line's unit), or a ConfigError naming
         `name`: int(nan * 2**20) would otherwise fail with Python's own message."""
         lo, hi = 1024 / 2**20, MAX_MESSAGE_BYTES / 2**20
-        mb = megabytes
         if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not lo <= mb <= hi:
-            raise ConfigError(f"{name}: got {megabytes!r}, expected a size in MiB in [{lo:g}, {hi:g}]")
-        return int(megabytes * 2**20)
+            raise ConfigError(f"{name}: got {mb!r}, expected a size in MiB in [{lo:g}, {hi:g}]")
+        return int(mb * 2**20)
 
 
 @dataclass
