@@ -75,10 +75,11 @@ def test_good_client_latency_under_hostile_traffic(server):
     """A hostile client (its own process) sends the worst messages back to back while a robot sends
     valid requests: the robot's median latency stays within 2x of its idle median, its answers are
     exactly those it gets when alone, every hostile message gets an error naming its fault, and the
-    hostile client is still served (slowed down, not cut off) when the measurement ends."""
+    hostile client is still served (slowed down, not cut off) when the measurement ends. Idle latency is
+    measured before and after the attack, so the other work on a shared machine weighs on both sides."""
     good = _connect(server.url)
     _requests_for(good, 0.2)  # warm-up
-    idle = _requests_for(good, 2.0)
+    idle = _requests_for(good, 1.0)
     attacker = subprocess.Popen(
         [sys.executable, "-m", "tests.serving.hostile", server.url, "30"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -90,6 +91,7 @@ def test_good_client_latency_under_hostile_traffic(server):
         attacked = _requests_for(good, 2.0)
         t1 = time.monotonic()
         out, _ = attacker.communicate("", timeout=60)
+        idle_after = _requests_for(good, 1.0)
     finally:
         attacker.kill()
         good.close()
@@ -98,13 +100,16 @@ def test_good_client_latency_under_hostile_traffic(server):
     assert not report["wrong"], report["wrong"][:3]
     assert report["times"][-1] > t1, "the hostile client was not served until the end"
     during = sum(t0 <= t <= t1 for t in report["times"])
-    for (_, a_idle), (_, a_att) in zip(idle, attacked, strict=False):  # same seeds: same answers
-        np.testing.assert_array_equal(a_idle, a_att)
+    alone = idle if len(idle) > len(idle_after) else idle_after
+    for (_, a), (_, b) in zip(attacked, alone, strict=False):  # request i has seed i: same answer as alone
+        np.testing.assert_array_equal(a, b)
+    idle += idle_after
     idle_ms = statistics.median(t for t, _ in idle) * 1000
     attacked_ms = statistics.median(t for t, _ in attacked) * 1000
     print(
         f"\ngood client median latency: idle {idle_ms:.1f} ms ({len(idle)} requests), under attack "
-        f"{attacked_ms:.1f} ms ({len(attacked)} requests, {during} hostile messages refused meanwhile)"
+        f"{attacked_ms:.1f} ms ({len(attacked)} requests, {during} hostile messages refused meanwhile); "
+        f"slowest {max(t for t, _ in idle) * 1000:.0f} / {max(t for t, _ in attacked) * 1000:.0f} ms"
     )
     assert during >= 4, "the hostile client was not sending during the measurement"
     assert attacked_ms <= 2 * idle_ms, (idle_ms, attacked_ms)
