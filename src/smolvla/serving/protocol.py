@@ -13,13 +13,18 @@ unchanged:
 
 Nothing here can run code: the decoder builds only maps, lists, strings, bytes, numbers, booleans,
 None and numpy arrays of plain numeric dtypes, and checks every size against `Limits` before it
-allocates. Every failure is a `ProtocolError` with a message naming what was wrong. This module needs
-numpy and msgpack only (no torch), so robot-side code can use it.
+allocates. Its work is bounded too, not only its input's bytes: before msgpack builds anything, a
+walk over the headers counts the values the message announces (in all its maps and lists together)
+and its nesting, and refuses a message past `Limits.max_values` or `Limits.max_depth` as soon as the
+announcement is read, so 15 MB of nested small integers costs microseconds, not seconds. Every
+failure is a `ProtocolError` with a message naming what was wrong. This module needs numpy and msgpack
+only (no torch), so robot-side code can use it.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +60,13 @@ class Limits:
     max_array_len: int = 4096  # elements of one msgpack array (e.g. a shape, a list)
     max_map_len: int = 256
     max_ndim: int = MAX_NDIM
+    # Totals over the whole message, which the per-container lengths above do not bound (a list of
+    # 4096 lists of 4096 integers passes them). An observation of a few cameras is about 20 values per
+    # array (its map, keys, shape) plus a handful of fields; the metadata a server sends is a few
+    # hundred. 4096 leaves room for a long state vector sent as a list, and keeps the walk in
+    # milliseconds.
+    max_values: int = 4096
+    max_depth: int = 16  # an observation is 3 deep (message, array map, shape list)
 
 
 DEFAULT_LIMITS = Limits()
@@ -145,12 +157,87 @@ def _check_tree(obj: Any, depth: int = 0) -> None:
         raise ProtocolError(f"unsupported value of type {type(obj).__name__} in message")
 
 
+# msgpack's header bytes: those of fixed size (value: bytes after the type byte), and those followed by a
+# length of 1, 2 or 4 bytes (value: (length bytes, extra bytes before the payload: ext's type code)).
+_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_FIXED.update({0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8})
+_SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # bin 8/16/32, str 8/16/32
+_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # (length bytes, values per entry)
+_EXT = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16, 0xC7: -1, 0xC8: -2, 0xC9: -4}  # -n: n-byte length
+_LEN = {1: struct.Struct(">B"), 2: struct.Struct(">H"), 4: struct.Struct(">I")}
+
+
+def _walk(data: bytes, limits: Limits) -> None:
+    """Reads only the headers of a msgpack message, skipping string and binary payloads, and refuses it
+    once the values announced so far pass `max_values` or the nesting passes `max_depth`. Its work is at
+    most proportional to `max_values` whatever the message, and what passes it is cheap to build."""
+    end = len(data)
+    pos = 0
+    announced = 1  # values the message has announced so far: the top one, then every container's items
+    open_items = [1]  # per open container (and the top level): values still to read
+    while open_items:
+        if open_items[-1] == 0:
+            open_items.pop()
+            continue
+        open_items[-1] -= 1
+        if pos >= end:
+            raise ProtocolError(f"not a valid msgpack message: truncated at byte {pos}")
+        b = data[pos]
+        pos += 1
+        if b <= 0x7F or b >= 0xE0:  # positive / negative fixint
+            continue
+        n = 0
+        if 0x80 <= b <= 0x9F:  # fixmap, fixarray
+            n = (b & 0x0F) * (2 if b <= 0x8F else 1)
+        elif 0xA0 <= b <= 0xBF:  # fixstr
+            pos += b & 0x1F
+            continue
+        elif b in _FIXED:
+            pos += _FIXED[b]
+            continue
+        elif b in _SIZED:
+            size = _SIZED[b]
+            if pos + size > end:
+                raise ProtocolError(f"not a valid msgpack message: truncated at byte {pos}")
+            pos += size + _LEN[size].unpack_from(data, pos)[0]
+            continue
+        elif b in _CONTAINERS:
+            size, per_entry = _CONTAINERS[b]
+            if pos + size > end:
+                raise ProtocolError(f"not a valid msgpack message: truncated at byte {pos}")
+            n = _LEN[size].unpack_from(data, pos)[0] * per_entry
+            pos += size
+        elif b in _EXT:
+            size = _EXT[b]
+            if size < 0 and pos - size < end:
+                pos -= size
+            code = struct.unpack_from(">b", data, pos)[0] if pos < end else "?"
+            raise ProtocolError(f"msgpack extension type {code} is not allowed")
+        else:
+            raise ProtocolError(f"not a valid msgpack message: reserved byte 0x{b:02x} at byte {pos - 1}")
+        announced += n
+        if announced > limits.max_values:
+            raise ProtocolError(
+                f"message: announces more than {limits.max_values} values (in all its maps and lists "
+                f"together), expected at most {limits.max_values}"
+            )
+        if n:
+            open_items.append(n)
+            if len(open_items) > limits.max_depth + 1:
+                raise ProtocolError(f"message: nested more than {limits.max_depth} levels deep")
+    if pos != end:
+        what = "truncated" if pos > end else f"{end - pos} bytes of extra data after the message"
+        raise ProtocolError(f"not a valid msgpack message: {what}")
+
+
 def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decodes one message, strictly. Raises ProtocolError (never anything else) on bad input."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"message: got {type(data).__name__}, expected bytes (a binary frame)")
     if len(data) > limits.max_message_bytes:
         raise ProtocolError(f"message: {len(data)} bytes, expected at most {limits.max_message_bytes}")
+    data = bytes(data)
+    _walk(data, limits)
 
     def hook(d: dict[Any, Any]) -> Any:
         if NDARRAY in d:
@@ -164,7 +251,7 @@ def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 
     try:
         obj = msgpack.unpackb(
-            bytes(data),
+            data,
             raw=False,
             strict_map_key=True,
             object_hook=hook,

@@ -14,9 +14,13 @@ of being squashed to the config's stored shape; the server never sleeps to pad i
 to simulate a slower device (`--latency`); it binds to loopback unless told otherwise, and can require an
 API key (openpi-client's `Authorization: Api-Key ...` header).
 
-Concurrency: the event loop handles the connections; inference runs on one worker thread, so requests
-from different clients are served one at a time, in arrival order. Each connection has its own state
-(request count, the previous chunk for RTC).
+Concurrency: the event loop only moves frames; decoding and checking a message runs on one decode
+thread and inference on one inference thread, so requests from different clients are served one at a
+time, in arrival order. A connection's next message is not taken until its previous one is answered, so
+no client has more than one message in either queue, and the decoder's work per message is bounded
+(`protocol.Limits`). After an error answer the connection's next message waits (`ERROR_DELAY_S`,
+`ERROR_BYTES_PER_S`), so a client sending garbage back to back cannot take the server from the others.
+Each connection has its own state (request count, the previous chunk for RTC).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import hmac
 import http
 import itertools
@@ -46,6 +51,7 @@ import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
 from smolvla.config import OBS_STATE, ConfigError
+from smolvla.errors import SmolVLAError
 from smolvla.model.rtc import SCHEDULES, RealTimeChunker, RTCConfig
 from smolvla.serving.protocol import (
     CONTROL_KEY,
@@ -59,6 +65,12 @@ from smolvla.serving.protocol import (
 log = logging.getLogger("smolvla.serve")
 PROTOCOL_VERSION = 1
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# After an error answer a connection's next message is read only this much later: a fixed part, and one
+# proportional to the refused message's size. Receiving and refusing garbage costs the server time per
+# message and per byte; this caps what one connection sending garbage back to back can take from the
+# others (here at most 100 messages/s and 64 MiB/s), while a robot that makes one mistake loses 10 ms.
+ERROR_DELAY_S = 0.01
+ERROR_BYTES_PER_S = 64 * 2**20
 
 
 class InferenceEngine:
@@ -202,11 +214,29 @@ class _Connection:
     requests: int = 0
     errors: int = 0
     prev_total_ms: float | None = None
+    read_after: float = 0.0  # time.monotonic() before which its next message is not read (after an error)
 
     def reset(self) -> None:
         self.prev_total_ms = None
         if self.rtc is not None:
             self.rtc.reset()
+
+
+def _check_int(name: str, v: Any, lo: int, hi: int, unit: str = "") -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(f"{name}: got {v!r}, expected an integer{unit} in [{lo}, {hi}]")
+
+
+def _check_seconds(name: str, v: Any, hi: float) -> None:
+    # `not 0 < v <= hi` is also true of NaN, which compares false with everything
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= hi:
+        raise ConfigError(f"{name}: got {v!r}, expected a finite number of seconds in (0, {hi:g}]")
+
+
+MAX_MESSAGE_BYTES = 2**30  # past this one message would not fit in a small server's memory
+# Messages websockets reads ahead of the handler per connection before it stops reading the socket. A
+# robot sends one request and waits for its answer; more read-ahead only holds a flooder's garbage.
+MAX_QUEUE = 2
 
 
 @dataclass(frozen=True)
@@ -217,20 +247,30 @@ class ServerConfig:
     max_message_bytes: int = 16 * 2**20
     idle_timeout: float = 300.0  # a connection that sends nothing for this long is closed
     shutdown_timeout: float = 10.0  # how long SIGTERM waits for in-flight requests
+    # Each connection may hold about (MAX_QUEUE + 3) messages of max_message_bytes (queued, being read,
+    # being answered): this bounds the server's memory and the decode queue. Connections past it are
+    # refused with HTTP 503 at the handshake, so the robots already connected keep their service.
+    max_connections: int = 32
 
     def __post_init__(self) -> None:
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"port: got {self.port!r}, expected an integer in [0, 65535]")
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host: got {self.host!r}, expected an interface name or address")
+        _check_int("port", self.port, 0, 65535)
         if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
             raise ConfigError("api_key: expected a string of at least 8 characters")
-        if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1024:
-            raise ConfigError(
-                f"max_message_bytes: got {self.max_message_bytes!r}, expected an integer >= 1024"
-            )
-        for name in ("idle_timeout", "shutdown_timeout"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ConfigError(f"{name}: got {v!r}, expected seconds > 0")
+        _check_int("max_message_bytes", self.max_message_bytes, 1024, MAX_MESSAGE_BYTES, " of bytes")
+        _check_seconds("idle_timeout", self.idle_timeout, 7 * 86400.0)
+        _check_seconds("shutdown_timeout", self.shutdown_timeout, 3600.0)
+        _check_int("max_connections", self.max_connections, 1, 10000)
+
+    @staticmethod
+    def message_bytes(mb: Any, name: str = "--max-message-mb") -> int:
+        """`max_message_bytes` from a size in MiB (the command line's unit), or a ConfigError naming
+        `name`: int(nan * 2**20) would otherwise fail with Python's own message."""
+        lo, hi = 1024 / 2**20, MAX_MESSAGE_BYTES / 2**20
+        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not lo <= mb <= hi:
+            raise ConfigError(f"{name}: got {mb!r}, expected a size in MiB in [{lo:g}, {hi:g}]")
+        return int(mb * 2**20)
 
 
 @dataclass
@@ -252,6 +292,10 @@ class PolicyServer:
         self.port: int | None = None
         self._ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smolvla-infer")
+        # Decoding and checking a message is Python work on the GIL; on the event loop it would stall
+        # every connection for as long as it takes. One thread: a second would only contend for the GIL.
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smolvla-decode")
+        self._open = 0  # connections past the handshake
         self._inflight = 0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,8 +306,21 @@ class PolicyServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self._open >= self.config.max_connections:
+            log.warning("refused %s: %d connections open", connection.remote_address, self._open)
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"server full: {self._open} connections open, at most {self.config.max_connections}\n",
+            )
         if self.config.api_key is not None:
-            got = request.headers.get("Authorization", "")
+            sent = request.headers.get_all("Authorization")
+            if len(sent) > 1:  # which one to believe is ambiguous: refuse rather than guess
+                log.warning("rejected %s: %d Authorization headers", connection.remote_address, len(sent))
+                return connection.respond(
+                    http.HTTPStatus.BAD_REQUEST,
+                    f"Authorization: got {len(sent)} headers, expected one 'Authorization: Api-Key ...'\n",
+                )
+            got = sent[0] if sent else ""
             want = f"Api-Key {self.config.api_key}"
             if not hmac.compare_digest(got.encode(), want.encode()):
                 log.warning("rejected %s: missing or wrong API key", connection.remote_address)
@@ -279,10 +336,14 @@ class PolicyServer:
         rtc = RealTimeChunker(self.engine.policy, self.engine.rtc) if self.engine.rtc is not None else None
         conn = _Connection(next(self._ids), str(ws.remote_address), rtc)
         self.stats.connections += 1
+        self._open += 1
         log.info("connection %d from %s", conn.id, conn.peer)
         try:
             await ws.send(self._metadata)
             while True:
+                wait = conn.read_after - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 try:
                     message = await asyncio.wait_for(ws.recv(), timeout=self.config.idle_timeout)
                 except asyncio.TimeoutError:
@@ -292,12 +353,14 @@ class PolicyServer:
         except websockets.ConnectionClosed:
             pass
         finally:
+            self._open -= 1
             log.info(
                 "connection %d closed after %d requests (%d errors)", conn.id, conn.requests, conn.errors
             )
 
-    async def _error(self, ws: ServerConnection, conn: _Connection, text: str) -> None:
+    async def _error(self, ws: ServerConnection, conn: _Connection, text: str, size: int = 0) -> None:
         conn.errors += 1
+        conn.read_after = time.monotonic() + ERROR_DELAY_S + size / ERROR_BYTES_PER_S
         self.stats.errors += 1
         log.info("connection %d: %s", conn.id, text)
         await ws.send(f"error: {text}")  # a text frame: openpi-client raises it as RuntimeError
@@ -305,19 +368,18 @@ class PolicyServer:
     async def _answer(self, ws: ServerConnection, conn: _Connection, message: str | bytes) -> None:
         t0 = time.perf_counter()
         if isinstance(message, str):
-            await self._error(ws, conn, "got a text frame, expected a binary msgpack message")
+            await self._error(ws, conn, "got a text frame, expected a binary msgpack message", len(message))
             return
+        loop = asyncio.get_running_loop()
         try:
-            msg = unpackb(message, self.limits)
-            if isinstance(msg, dict) and CONTROL_KEY in msg:
-                await self._control(ws, conn, msg[CONTROL_KEY])
-                return
-            obs, fields = self.engine.spec.validate(msg)
+            ctrl, obs, fields = await loop.run_in_executor(self._decoder, self._decode, message)
         except ProtocolError as e:
-            await self._error(ws, conn, str(e))
+            await self._error(ws, conn, str(e), len(message))
+            return
+        if ctrl is not None:
+            await self._control(ws, conn, ctrl)
             return
         timestep = fields.get("timestep")
-        loop = asyncio.get_running_loop()
         queued = time.perf_counter()
         self._inflight += 1
         try:
@@ -331,7 +393,7 @@ class PolicyServer:
             actions = await loop.run_in_executor(self._executor, run)
         except Exception as e:  # the policy refused this input (e.g. a processor check): say why, go on
             log.debug("inference failed: %s", traceback.format_exc())
-            await self._error(ws, conn, f"{type(e).__name__}: {e}")
+            await self._error(ws, conn, f"{type(e).__name__}: {e}", len(message))
             return
         finally:
             self._inflight -= 1
@@ -360,6 +422,15 @@ class PolicyServer:
         await ws.send(packb(reply))
         conn.prev_total_ms = (time.perf_counter() - t0) * 1000
 
+    def _decode(self, message: bytes) -> tuple[Any, dict[str, Any], dict[str, int]]:
+        """(control value or None, observation, request fields), or ProtocolError. Runs on the decode
+        thread."""
+        msg = unpackb(message, self.limits)
+        if isinstance(msg, dict) and CONTROL_KEY in msg:
+            return msg[CONTROL_KEY], {}, {}
+        obs, fields = self.engine.spec.validate(msg)
+        return None, obs, fields
+
     async def _control(self, ws: ServerConnection, conn: _Connection, ctrl: Any) -> None:
         if ctrl in ("episode_start", "episode_end", "reset"):
             conn.reset()
@@ -382,17 +453,31 @@ class PolicyServer:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     self._loop.add_signal_handler(sig, self._stop.set)
         c = self.config
-        async with serve(
-            self._handler,
-            c.host,
-            c.port,
-            compression=None,
-            max_size=c.max_message_bytes,
-            max_queue=4,
-            process_request=self._process_request,
-            open_timeout=10,
-            close_timeout=5,
-        ) as server:
+        try:
+            listening = await serve(
+                self._handler,
+                c.host,
+                c.port,
+                compression=None,
+                max_size=c.max_message_bytes,
+                max_queue=MAX_QUEUE,
+                process_request=self._process_request,
+                open_timeout=10,
+                close_timeout=5,
+            )
+        except OSError as e:
+            self._executor.shutdown(wait=False)
+            self._decoder.shutdown(wait=False)
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port: {c.port} on {c.host} is already in use, expected a free port "
+                    "(another server running? pick another with --port, or --port 0 for any free one)"
+                ) from None
+            raise ConfigError(
+                f"host/port: cannot listen on {c.host}:{c.port} ({e.strerror or e}), expected an "
+                "address of this machine and a port this user may bind"
+            ) from None
+        async with listening as server:
             self.port = server.sockets[0].getsockname()[1]
             if ready is not None:
                 ready(self.port)
@@ -406,6 +491,7 @@ class PolicyServer:
                 await ws.close(1001, "server shutting down")
             await server.wait_closed()
         self._executor.shutdown(wait=True)
+        self._decoder.shutdown(wait=True)
 
     def stop(self) -> None:
         """Thread-safe: asks `run()` to shut down gracefully."""
@@ -431,7 +517,10 @@ class ServerThread:
 
     def start(self, timeout: float = 30.0) -> ServerThread:
         self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
+        started = self._ready.wait(timeout)
+        if isinstance(self._error, SmolVLAError):  # bad input (e.g. a port in use): its own one line
+            raise self._error
+        if not started or self._error is not None:
             raise RuntimeError(f"the policy server did not start: {self._error!r}")
         return self
 
