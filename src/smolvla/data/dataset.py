@@ -46,6 +46,7 @@ from smolvla.data.format import (
 )
 from smolvla.data.stats import StatsAccumulator, aggregate_stats, stats_from_columns, stats_from_json
 from smolvla.data.video import decode_frames, decode_png, probe_video
+from smolvla.stats_check import validate_stats
 
 # Features whose NaN would silently poison training (normalization stats, losses).
 NAN_CHECKED_PREFIXES = ("observation.state", "observation.environment_state", "action")
@@ -160,9 +161,7 @@ class LeRobotDatasetMeta:
                 raise DatasetError(f"{root / INFO_PATH}: field {field!r} is missing")
         if not isinstance(info["fps"], (int, float)) or info["fps"] <= 0:
             raise DatasetError(f"{root / INFO_PATH}: fps is {info['fps']!r}, expected a positive number")
-        for name, ft in info["features"].items():
-            if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
-                raise DatasetError(f"{root / INFO_PATH}: feature {name!r} lacks 'dtype' or 'shape'")
+        check_features(info["features"], str(root / INFO_PATH))
         if version == "v3.0":
             tasks = read_tasks_parquet(root / TASKS_PATH) if info.get("total_tasks", 1) else []
             episodes = _episodes_v3(root, info)
@@ -179,7 +178,49 @@ class LeRobotDatasetMeta:
             if stats is None and (root / "meta/episodes_stats.jsonl").is_file():
                 per_ep = read_jsonl(root / "meta/episodes_stats.jsonl", "episodes stats")
                 stats = aggregate_stats([stats_from_json(r["stats"], "episodes_stats.jsonl") for r in per_ep])
+        if stats is not None:
+            validate_stats(
+                stats, stat_shapes(info["features"]), where=str(root / STATS_PATH), error=DatasetError
+            )
         return cls(root, info, tasks, episodes, stats)
+
+
+def check_features(features: Any, where: str) -> None:
+    """info.json's `features`: every dtype known, every shape a list of positive integers, cameras (H, W, 3).
+
+    Checked where the metadata is parsed, so a shape written as a string or a camera of the wrong rank
+    is one line naming the feature here, not an exception in the reader, the stats or the policy.
+    """
+    if not isinstance(features, dict) or not features:
+        raise DatasetError(f"{where}: features is {features!r:.80}, expected a non-empty mapping")
+    known = (*NUMERIC_DTYPES, *VISUAL_DTYPES, "string")
+    for name, ft in features.items():
+        if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
+            raise DatasetError(f"{where}: feature {name!r} lacks 'dtype' or 'shape'")
+        dtype, shape = ft["dtype"], ft["shape"]
+        if dtype not in known:
+            raise DatasetError(f"{where}: feature {name!r} has dtype {dtype!r}, expected one of {list(known)}")
+        if (
+            not isinstance(shape, (list, tuple))
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        ):
+            raise DatasetError(
+                f"{where}: feature {name!r} has shape {shape!r}, expected a list of positive integers"
+            )
+        if dtype in VISUAL_DTYPES and (len(shape) != 3 or shape[2] != 3):
+            raise DatasetError(
+                f"{where}: camera {name!r} has shape {list(shape)}, expected [height, width, 3]"
+            )
+
+
+def stat_shapes(features: dict[str, dict[str, Any]]) -> dict[str, tuple[int, ...]]:
+    """The shape each feature's stats must fit: per-channel (C, 1, 1) for cameras, the feature's own otherwise."""
+    out = {}
+    for name, ft in features.items():
+        shape = tuple(ft["shape"])
+        out[name] = (shape[2], shape[0], shape[1]) if ft["dtype"] in VISUAL_DTYPES else shape
+    return out
 
 
 def _load_stats(path: Path) -> dict[str, dict[str, np.ndarray]] | None:

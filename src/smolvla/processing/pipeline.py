@@ -233,7 +233,7 @@ def _load_normalizer(
             except Exception as e:
                 raise ProcessorError(f"{state}: not a readable safetensors file of stats ({e})") from e
     try:
-        return Normalizer(features, cfg.get("norm_map", {}), stats, eps=float(cfg.get("eps", 1e-8)))
+        return Normalizer(features, cfg.get("norm_map", {}), stats, eps=cfg.get("eps", 1e-8))
     except ValueError as e:
         raise type(e)(f"{where}: {e}") from e
 
