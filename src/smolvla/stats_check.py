@@ -86,12 +86,12 @@ def validate_stats(
                     f"{where}[{feat!r}]['{name}'] has shape {a.shape}, but ['{ref}'] has shape "
                     f"{shaped[ref].shape}: the stats of one feature must have one shape"
                 )
-        if shapes is not None and feat in shapes and ref is not None:
-            if not _fits(shaped[ref].shape, tuple(shapes[feat])):
-                raise error(
-                    f"{where}[{feat!r}]['{ref}'] has shape {shaped[ref].shape}, which does not fit the "
-                    f"feature's shape {tuple(shapes[feat])}"
-                )
+        fits = shapes is None or feat not in shapes or ref is None
+        if not fits and not _fits(shaped[ref].shape, tuple(shapes[feat])):
+            raise error(
+                f"{where}[{feat!r}]['{ref}'] has shape {shaped[ref].shape}, which does not fit the "
+                f"feature's shape {tuple(shapes[feat])}"
+            )
         for lo, hi in ((lo, hi) for lo, hi in ORDERED_PAIRS if lo in arrays and hi in arrays):
             a, b = arrays[lo], arrays[hi]
             tol = _REL_TOL * np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))

@@ -199,7 +199,9 @@ def check_features(features: Any, where: str) -> None:
             raise DatasetError(f"{where}: feature {name!r} lacks 'dtype' or 'shape'")
         dtype, shape = ft["dtype"], ft["shape"]
         if dtype not in known:
-            raise DatasetError(f"{where}: feature {name!r} has dtype {dtype!r}, expected one of {list(known)}")
+            raise DatasetError(
+                f"{where}: feature {name!r} has dtype {dtype!r}, expected one of {list(known)}"
+            )
         if (
             not isinstance(shape, (list, tuple))
             or not shape
@@ -215,7 +217,7 @@ def check_features(features: Any, where: str) -> None:
 
 
 def stat_shapes(features: dict[str, dict[str, Any]]) -> dict[str, tuple[int, ...]]:
-    """The shape each feature's stats must fit: per-channel (C, 1, 1) for cameras, the feature's own otherwise."""
+    """The shape each feature's stats must fit: per channel (C, 1, 1) for cameras, else the feature's."""
     out = {}
     for name, ft in features.items():
         shape = tuple(ft["shape"])
