@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from smolvla.data.dataset import EpisodeMeta, LeRobotDatasetMeta
 from smolvla.data.errors import DatasetError, VideoError
-from smolvla.data.video import decode_frames, decode_png, probe_video
+from smolvla.data.video import decode_frames, decode_png, demux_end_s, probe_video
 
 CHECK_MODES = ("quick", "full")
 # LeRobot's default tolerance between a frame's timestamp and frame_index / fps (LeRobotDataset.tolerance_s).
@@ -226,9 +226,15 @@ def _check_videos(meta: LeRobotDatasetMeta, report: CheckReport, full: bool) -> 
         if vi.fps and vi.fps != fps:
             report.problems.append(f"{path}: the video runs at {vi.fps} fps, info.json says fps {fps}")
         end = max(ep.videos[key][1] + ep.length / fps for ep in eps)
-        if vi.duration_s + 0.5 / fps < end:
+        try:
+            held, _ = demux_end_s(path)  # the packets, not the header: a cut-short copy keeps its header
+        except VideoError as e:
+            report.problems.append(str(e))
+            continue
+        held = min(held, vi.duration_s) if vi.duration_s > 0 else held
+        if held + 0.5 / fps < end:
             report.problems.append(
-                f"{path}: holds {vi.duration_s:.4f} s of video, but its episodes need up to {end:.4f} s "
+                f"{path}: holds {held:.4f} s of video, but its episodes need up to {end:.4f} s "
                 "(truncated, or the episodes metadata is wrong)"
             )
             continue

@@ -234,6 +234,28 @@ def probe_video(path: str | Path) -> VideoInfo:
         raise VideoError(f"{path}: not a readable video ({e})") from e
 
 
+def demux_end_s(path: str | Path) -> tuple[float, int]:
+    """(end of the last packet in seconds, packets) of the first video stream, read without decoding.
+
+    A header can promise more than the file holds (a copy cut short keeps a header written first); the
+    packets themselves cannot. Reading them costs I/O but no decoding."""
+    end, packets = 0.0, 0
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            s = c.streams.video[0]
+            tb = float(s.time_base)
+            for packet in c.demux(s):
+                if packet.pts is None:  # the flushing packet at the end of the stream
+                    continue
+                packets += 1
+                end = max(end, (packet.pts + (packet.duration or 0)) * tb)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video ({e})") from e
+    return end, packets
+
+
 # --------------------------------------------------------------------------------------------------
 # Decoding
 
