@@ -598,8 +598,9 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(SmolVLAConfig)}
 # Fields a config.json may leave out; they take LeRobot's defaults. LeRobot 0.6.1 writes every field
 # (PreTrainedConfig._save_pretrained is draccus.encode of the whole dataclass; see the parity checkpoint's
 # config.json) and reads a missing one as its default (from_pretrained goes through draccus.parse), so
-# these are absent only from configs written before the field existed in LeRobot (use_peft,
-# pretrained_revision, rtc_config, compile_model, compile_mode came later) or by hand. None of them shapes
+# these are absent only from configs written before the field existed in LeRobot (compile_model and
+# compile_mode came with LeRobot PR #3043, see the spec; rtc_config, use_peft and pretrained_revision are
+# also later additions to PreTrainedConfig / SmolVLAConfig) or by hand. None of them shapes
 # the network or what it takes in: where it runs and in which precision, hub bookkeeping, training
 # hyper-parameters and what training freezes, whether to fetch backbone weights that the checkpoint's
 # weights replace anyway, and switches that change speed but not results (use_cache, compile_*). Every

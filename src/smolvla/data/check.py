@@ -227,7 +227,11 @@ def _check_videos(meta: LeRobotDatasetMeta, report: CheckReport, full: bool) -> 
             report.problems.append(f"{path}: the video runs at {vi.fps} fps, info.json says fps {fps}")
         end = max(ep.videos[key][1] + ep.length / fps for ep in eps)
         try:
-            held, _ = demux_end_s(path)  # the packets, not the header: a cut-short copy keeps its header
+            # The packets, not the header: a cut-short copy keeps its header. Only the tail is read; the
+            # whole file only to report how much it holds once it is found short.
+            held, _ = demux_end_s(path, from_s=max(0.0, end - 2.0))
+            if held + 0.5 / fps < end:
+                held, _ = demux_end_s(path)
         except VideoError as e:
             report.problems.append(str(e))
             continue
