@@ -19,7 +19,12 @@ from smolvla.policy import SmolVLAPolicy
 from smolvla.processing import make_pre_post_processors
 from smolvla.processing.images import ProcessorError, resize_with_pad
 from smolvla.processing.normalize import Normalizer, StatsError
-from smolvla.processing.pipeline import POSTPROCESSOR_STATE_FILE, PREPROCESSOR_FILE, PREPROCESSOR_STATE_FILE
+from smolvla.processing.pipeline import (
+    POSTPROCESSOR_FILE,
+    POSTPROCESSOR_STATE_FILE,
+    PREPROCESSOR_FILE,
+    PREPROCESSOR_STATE_FILE,
+)
 from tests.conftest import require_shared, save_checkpoint
 
 
@@ -165,6 +170,26 @@ def test_processor_eps_must_be_a_positive_number(copy, eps):
     expect_error(
         copy, StatsError, rf"normalizer_processor: eps: got {eps!r}".replace("(", r"\(").replace(")", r"\)")
     )
+
+
+@pytest.mark.parametrize(
+    ("filename", "key", "match"),
+    [
+        (PREPROCESSOR_FILE, "features", r"normalizer_processor: config lacks \['features'\]"),
+        (PREPROCESSOR_FILE, "norm_map", r"normalizer_processor: config lacks \['norm_map'\]"),
+        (POSTPROCESSOR_FILE, "features", r"unnormalizer_processor: config lacks \['features'\]"),
+        (POSTPROCESSOR_FILE, "action", r"unnormalizer_processor.features: got \[\], expected 'action'"),
+    ],
+)
+def test_a_normalizer_step_without_features_does_not_pass_values_through(copy, filename, key, match):
+    d = json.loads((copy / filename).read_text())
+    step = next(s for s in d["steps"] if s["registry_name"].endswith("normalizer_processor"))
+    if key == "action":
+        del step["config"]["features"]["action"]
+    else:
+        del step["config"][key]
+    (copy / filename).write_text(json.dumps(d))
+    expect_error(copy, ProcessorError, match)
 
 
 def test_dataset_stats_are_validated_too():

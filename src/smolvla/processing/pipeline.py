@@ -214,6 +214,16 @@ def _load_normalizer(
         raise ProcessorError(f"{file}: has no {reg} step")
     cfg = step["config"]
     where = f"{file}: {reg}"
+    # LeRobot's normalizer steps have no default for these: without them nothing would be normalized, and
+    # raw values would reach the model (or normalized actions the robot) silently.
+    missing = [k for k in ("features", "norm_map") if k not in cfg]
+    if missing:
+        raise ProcessorError(f"{where}: config lacks {missing} (LeRobot writes both; they have no default)")
+    if reg == "unnormalizer_processor" and ACTION not in (cfg["features"] or {}):
+        raise ProcessorError(
+            f"{where}.features: got {sorted(cfg['features'] or {})}, expected {ACTION!r} among them "
+            "(without it the robot would receive normalized actions)"
+        )
     try:
         features = {
             k: PolicyFeature.from_dict(v, f"{where}.features.{k}") for k, v in cfg.get("features", {}).items()
