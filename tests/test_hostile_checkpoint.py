@@ -192,6 +192,20 @@ def test_a_normalizer_step_without_features_does_not_pass_values_through(copy, f
     expect_error(copy, ProcessorError, match)
 
 
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (["a", "b"], r"rename_map: got \['a', 'b'\], expected a mapping"),
+        ({"a": 1}, r"rename_map: got \{'a': 1\}"),
+    ],
+)
+def test_processor_rename_map_must_map_names(copy, value, match):
+    d = json.loads((copy / PREPROCESSOR_FILE).read_text())
+    d["steps"][0]["config"]["rename_map"] = value
+    (copy / PREPROCESSOR_FILE).write_text(json.dumps(d))
+    expect_error(copy, ProcessorError, match)
+
+
 def test_dataset_stats_are_validated_too():
     cfg = preset("micro")
     bad = {"action": {"mean": [0.0, 0.0], "std": [1.0, -2.0]}}

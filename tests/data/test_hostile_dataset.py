@@ -104,10 +104,17 @@ def test_stats_that_cannot_be_right_are_rejected_where_loaded(ds, feature, stat,
         (lambda f: f["action"].update(shape=[True, 3]), r"feature 'action' has shape \[True, 3\]"),
         (lambda f: f["action"].update(dtype="float128"), r"feature 'action' has dtype 'float128'"),
         (lambda f: f[CAM].update(shape=[16, 16]), r"camera 'observation.images.top' has shape \[16, 16\]"),
+        (lambda d: d.update(fps=29.97), r"fps is 29.97, expected a positive integer"),
+        (lambda d: d.update(fps=True), r"fps is True, expected a positive integer"),
+        (lambda d: d.update(total_frames="18"), r"total_frames is '18', expected a non-negative integer"),
+        (lambda d: d.update(total_episodes=None), r"total_episodes is None, expected a non-negative integer"),
+        (lambda d: d.update(chunks_size=0), r"chunks_size is 0, expected a positive integer"),
+        (lambda d: d.pop("video_path"), r"video_path is None, expected a path template"),
     ],
 )
-def test_feature_metadata_is_checked_where_parsed(ds, edit, match):
-    edit_json(ds / "meta/info.json", lambda d: edit(d["features"]))
+def test_info_metadata_is_checked_where_parsed(ds, edit, match):
+    per_feature = "feature" in match or "camera" in match
+    edit_json(ds / "meta/info.json", lambda d: edit(d["features"] if per_feature else d))
     before = snapshot(ds)
     with pytest.raises(DatasetError, match=match):
         LeRobotDatasetMeta.load(ds)

@@ -159,9 +159,7 @@ class LeRobotDatasetMeta:
         for field in ("fps", "features", "total_episodes", "total_frames", "data_path"):
             if field not in info:
                 raise DatasetError(f"{root / INFO_PATH}: field {field!r} is missing")
-        if not isinstance(info["fps"], (int, float)) or info["fps"] <= 0:
-            raise DatasetError(f"{root / INFO_PATH}: fps is {info['fps']!r}, expected a positive number")
-        check_features(info["features"], str(root / INFO_PATH))
+        check_info(info, str(root / INFO_PATH))
         if version == "v3.0":
             tasks = read_tasks_parquet(root / TASKS_PATH) if info.get("total_tasks", 1) else []
             episodes = _episodes_v3(root, info)
@@ -183,6 +181,39 @@ class LeRobotDatasetMeta:
                 stats, stat_shapes(info["features"]), where=str(root / STATS_PATH), error=DatasetError
             )
         return cls(root, info, tasks, episodes, stats)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_info(info: dict[str, Any], where: str) -> None:
+    """The fields of info.json this reader relies on, each of the type it is used as: a value of another
+    type is one line naming it here, not a TypeError (or a silently truncated fps) further on."""
+    fps = info["fps"]
+    # Frames are addressed as round(t * fps): a fractional fps (29.97) would be truncated and every
+    # timestamp would drift; LeRobot's fps is an integer.
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0 or not float(fps).is_integer():
+        raise DatasetError(f"{where}: fps is {fps!r}, expected a positive integer")
+    for name in ("total_episodes", "total_frames"):
+        if not _is_int(info[name]) or info[name] < 0:
+            raise DatasetError(f"{where}: {name} is {info[name]!r}, expected a non-negative integer")
+    if "total_tasks" in info and (not _is_int(info["total_tasks"]) or info["total_tasks"] < 0):
+        raise DatasetError(
+            f"{where}: total_tasks is {info['total_tasks']!r}, expected a non-negative integer"
+        )
+    if "chunks_size" in info and (not _is_int(info["chunks_size"]) or info["chunks_size"] < 1):
+        raise DatasetError(f"{where}: chunks_size is {info['chunks_size']!r}, expected a positive integer")
+    check_features(info["features"], where)
+    paths = ["data_path"]
+    if any(ft["dtype"] == "video" for ft in info["features"].values()):
+        paths.append("video_path")
+    for name in paths:
+        if not isinstance(info.get(name), str) or not info[name]:
+            raise DatasetError(
+                f"{where}: {name} is {info.get(name)!r}, expected a path template (the dataset has "
+                f"{'videos' if name == 'video_path' else 'data files'})"
+            )
 
 
 def check_features(features: Any, where: str) -> None:

@@ -291,6 +291,16 @@ class PolicyPreprocessor:
                 f"tokenizer_processor.max_length: got {max_length!r}, expected a positive integer"
             )
         _float_dtype(float_dtype)
+        if rename_map is not None and (
+            not isinstance(rename_map, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in rename_map.items())
+        ):
+            raise ProcessorError(
+                f"rename_observations_processor.rename_map: got {rename_map!r:.80}, expected a mapping of "
+                "feature name to feature name"
+            )
+        if not isinstance(task_key, str) or not task_key:
+            raise ProcessorError(f"tokenizer_processor.task_key: got {task_key!r}, expected a feature name")
         self.normalizer = normalizer
         self.tokenizer = tokenizer
         self.tokenizer_name = (
