@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from smolvla.data import DatasetError, LeRobotDatasetMeta, check_dataset
+from smolvla.data import DatasetError, LeRobotDataset, LeRobotDatasetMeta, check_dataset
 from smolvla.data.check import check_mode
 from smolvla.data.tools import info
 from smolvla.train import TrainConfig, train
@@ -131,6 +131,8 @@ def test_camera_shape_the_videos_do_not_have(ds):
         "frames are 16 x 16, but info.json gives camera 'observation.images.top' shape [32, 24, 3]" in found
     )
     info_fails(ds, r"frames are 16 x 16")
+    with pytest.raises(DatasetError, match=r"frames are 16 x 16, but info.json gives camera"):
+        LeRobotDataset(ds)  # the reader itself, for uses other than training
 
 
 def test_image_shape_the_pngs_do_not_have_needs_the_full_check(ds):

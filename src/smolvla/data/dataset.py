@@ -620,6 +620,12 @@ class LeRobotDataset(torch.utils.data.Dataset):
             if not path.is_file():
                 raise DatasetError(f"{path}: video file of episode {e}, camera {key!r}, is missing")
             info = probe_video(path)
+            h, w, _ = self.meta.features[key]["shape"]
+            if (info.height, info.width) != (h, w):  # the shape would go into the trained checkpoint
+                raise VideoError(
+                    f"{path}: frames are {info.height} x {info.width}, but info.json gives camera {key!r} "
+                    f"shape {list(self.meta.features[key]['shape'])} ({h} x {w}, height x width)"
+                )
             if info.duration_s + 0.5 / fps < end:
                 raise VideoError(
                     f"{path}: holds {info.duration_s:.4f} s of video ({info.frames} frames), but episode {e} "
