@@ -35,6 +35,13 @@ class ConfigError(SmolVLAError, ValueError):
     """A config value, or a config file, is not what SmolVLA accepts."""
 
 
+# The largest size any config value may ask of the allocator: a dimension, a length, an image side.
+# SmolVLA's own values are far below (32-wide state, 50-step chunks, 512-px images); a value above this is
+# a typo (or hostile), and would otherwise reach torch as an allocation of terabytes, or an out-of-memory
+# kill, instead of an error naming the field.
+MAX_SIZE = 1 << 14
+
+
 class FeatureType(str, Enum):
     VISUAL = "VISUAL"
     STATE = "STATE"
@@ -62,15 +69,23 @@ class PolicyFeature:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], name: str = "feature") -> PolicyFeature:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{name}: got {d!r:.80}, expected an object with 'type' and 'shape'")
         try:
             ftype = FeatureType(d["type"])
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError) as e:
             raise ConfigError(
                 f"{name}.type: got {d.get('type')!r}, expected one of {[t.value for t in FeatureType]}"
             ) from e
         shape = d.get("shape")
-        if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and s > 0 for s in shape):
-            raise ConfigError(f"{name}.shape: got {shape!r}, expected a list of positive integers")
+        if (
+            not isinstance(shape, (list, tuple))
+            or not shape
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_SIZE for s in shape)
+        ):
+            raise ConfigError(
+                f"{name}.shape: got {shape!r}, expected a non-empty list of integers in 1..{MAX_SIZE}"
+            )
         return cls(ftype, tuple(shape))
 
 
@@ -385,8 +400,16 @@ class SmolVLAConfig:
             "n_obs_steps",
         ):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise bad(name, "a positive integer")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
+                raise bad(name, f"a positive integer (at most {MAX_SIZE})")
+        for name in ("empty_cameras", "self_attn_every_n_layers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_SIZE:
+                raise bad(name, f"a non-negative integer (at most {MAX_SIZE})")
+        for name in ("prefix_length", "num_expert_layers"):  # <= 0 means "off" / "as many as the VLM"
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v > MAX_SIZE:
+                raise bad(name, f"an integer up to {MAX_SIZE}")
         if self.n_action_steps > self.chunk_size:
             raise ConfigError(
                 f"n_action_steps: got {self.n_action_steps}, expected at most chunk_size ({self.chunk_size})"
@@ -399,14 +422,14 @@ class SmolVLAConfig:
             raise bad("rtc_config", "None (real-time chunking is not available yet)")
         if self.use_delta_joint_actions_aloha:
             raise bad("use_delta_joint_actions_aloha", "False (LeRobot does not implement it either)")
-        if self.empty_cameras < 0:
-            raise bad("empty_cameras", "a non-negative integer")
         if self.pad_language_to not in ("longest", "max_length"):
             raise bad("pad_language_to", "'longest' or 'max_length'")
-        if self.self_attn_every_n_layers < 0:
-            raise bad("self_attn_every_n_layers", "a non-negative integer")
-        if self.expert_width_multiplier <= 0:
-            raise bad("expert_width_multiplier", "a positive number")
+        for name in ("expert_width_multiplier", "min_period", "max_period"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise bad(name, "a finite positive number")
+        if self.expert_width_multiplier > 16:
+            raise bad("expert_width_multiplier", "at most 16 (the expert's width relative to the VLM's)")
         if not 0 < self.min_period < self.max_period:
             raise ConfigError(
                 f"min_period/max_period: got {self.min_period}/{self.max_period}, expected 0 < min < max"
@@ -416,10 +439,13 @@ class SmolVLAConfig:
                 f"num_expert_layers: got {self.num_expert_layers}, expected a divisor of "
                 f"num_vlm_layers ({self.num_vlm_layers}) or <= 0 for one expert layer per VLM layer"
             )
-        if self.resize_imgs_with_padding is not None and (
-            len(self.resize_imgs_with_padding) != 2 or min(self.resize_imgs_with_padding) < 1
+        size = self.resize_imgs_with_padding
+        if size is not None and (
+            not isinstance(size, (tuple, list))
+            or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in size)
         ):
-            raise bad("resize_imgs_with_padding", "(width, height) of positive integers, or None")
+            raise bad("resize_imgs_with_padding", f"(width, height) of integers in 1..{MAX_SIZE}, or None")
         for key in self.normalization_mapping:
             if key not in FeatureType.__members__:
                 raise ConfigError(
@@ -433,6 +459,8 @@ class SmolVLAConfig:
             for key, feat in feats.items():
                 if not isinstance(feat, PolicyFeature):
                     raise ConfigError(f"{name}.{key}: got {feat!r}, expected a PolicyFeature")
+        for key, feat in self.image_features.items():
+            self._check_camera(key, feat)
         if self.state_feature is not None and self.state_feature.shape[0] > self.max_state_dim:
             raise ConfigError(
                 f"input_features.observation.state: width {self.state_feature.shape[0]} is larger than "
@@ -444,6 +472,25 @@ class SmolVLAConfig:
                 f"output_features.action: width {self.action_feature.shape[0]} is larger than "
                 f"max_action_dim ({self.max_action_dim})"
             )
+
+    def _check_camera(self, key: str, feat: PolicyFeature) -> None:
+        # A camera must survive the letterbox resize with at least one row and column: a 1 x 4096 frame
+        # resized into 512 x 512 keeps 0 rows, and torch fails deep inside the model on the empty image.
+        if len(feat.shape) != 3 or feat.shape[0] != 3:
+            raise ConfigError(
+                f"input_features.{key}.shape: got {list(feat.shape)}, expected [3, height, width]"
+            )
+        _, h, w = feat.shape
+        if self.resize_imgs_with_padding is not None:
+            size = self.resize_imgs_with_padding
+            tw, th = size
+            ratio = max(w / tw, h / th)
+            if int(h / ratio) < 1 or int(w / ratio) < 1:
+                raise ConfigError(
+                    f"input_features.{key}.shape: got {list(feat.shape)}, which keeps no row or column "
+                    f"when resized into resize_imgs_with_padding {list(size)} (expected an image "
+                    "whose aspect ratio keeps at least 1 x 1 pixels)"
+                )
 
     # -- derived values ------------------------------------------------------------------------------
 
@@ -493,8 +540,14 @@ class SmolVLAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> SmolVLAConfig:
+        """A config from LeRobot's `config.json` contents. Every field but `OPTIONAL_FIELDS` must be there:
+        a missing `chunk_size` must not become 50 in a checkpoint trained with 16."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: got {type(d).__name__}, expected a JSON object of config fields")
         d = dict(d)
-        ptype = d.pop("type", "smolvla")
+        if "type" not in d:
+            raise ConfigError(f"{source}: type is missing, expected 'smolvla' (LeRobot writes it first)")
+        ptype = d.pop("type")
         if ptype != "smolvla":
             raise ConfigError(
                 f"{source}: type is {ptype!r}, expected 'smolvla' (this is another policy's checkpoint)"
@@ -507,6 +560,14 @@ class SmolVLAConfig:
                 for k in unknown
             ]
             raise ConfigError(f"{source}: unknown SmolVLA config field(s): {', '.join(hints)}")
+        missing = [
+            f.name for f in dataclasses.fields(cls) if f.name not in d and f.name not in OPTIONAL_FIELDS
+        ]
+        if missing:
+            raise ConfigError(
+                f"{source}: missing field(s) {', '.join(missing)}, which shape the network or its inputs; "
+                "a checkpoint's config.json must name them (LeRobot writes every field)"
+            )
         kwargs: dict[str, Any] = {}
         for k, v in d.items():
             kwargs[k] = _coerce_field(k, v, source)
@@ -533,6 +594,48 @@ class SmolVLAConfig:
 
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(SmolVLAConfig)}
+
+# Fields a config.json may leave out; they take LeRobot's defaults. LeRobot 0.6.1 writes every field
+# (PreTrainedConfig._save_pretrained is draccus.encode of the whole dataclass; see the parity checkpoint's
+# config.json) and reads a missing one as its default (from_pretrained goes through draccus.parse), so
+# these are absent only from configs written before the field existed in LeRobot (compile_model and
+# compile_mode came with LeRobot PR #3043, see the spec; rtc_config, use_peft and pretrained_revision are
+# also later additions to PreTrainedConfig / SmolVLAConfig) or by hand. None of them shapes
+# the network or what it takes in: where it runs and in which precision, hub bookkeeping, training
+# hyper-parameters and what training freezes, whether to fetch backbone weights that the checkpoint's
+# weights replace anyway, and switches that change speed but not results (use_cache, compile_*). Every
+# other field (features, chunk and state sizes, image size, backbone, layer layout, tokenizer length,
+# denoising steps...) must be named: a default there silently builds a different policy.
+OPTIONAL_FIELDS = frozenset(
+    {
+        "device",
+        "use_amp",
+        "use_peft",
+        "push_to_hub",
+        "repo_id",
+        "private",
+        "tags",
+        "license",
+        "pretrained_path",
+        "pretrained_revision",
+        "use_cache",
+        "freeze_vision_encoder",
+        "train_expert_only",
+        "train_state_proj",
+        "optimizer_lr",
+        "optimizer_betas",
+        "optimizer_eps",
+        "optimizer_weight_decay",
+        "optimizer_grad_clip_norm",
+        "scheduler_warmup_steps",
+        "scheduler_decay_steps",
+        "scheduler_decay_lr",
+        "load_vlm_weights",
+        "rtc_config",
+        "compile_model",
+        "compile_mode",
+    }
+)
 
 
 def _parse_cli_value(name: str, value: str) -> Any:
@@ -564,7 +667,7 @@ def _coerce_field(name: str, v: Any, source: str) -> Any:
             raise bad("a mapping of feature type to normalization mode")
         try:
             return {k: NormMode(m) for k, m in v.items()}
-        except ValueError:
+        except (ValueError, TypeError):
             raise bad(f"modes among {[m.value for m in NormMode]}") from None
     if v is None:
         if "None" not in ftype:
@@ -587,9 +690,23 @@ def _coerce_field(name: str, v: Any, source: str) -> Any:
             raise bad("a string")
         return v
     if ftype.startswith("tuple"):
-        if not isinstance(v, (list, tuple)):
-            raise bad("a list")
+        item = "int" if ftype.startswith("tuple[int") else "float"
+        if not isinstance(v, (list, tuple)) or len(v) != ftype.split("]")[0].count(",") + 1:
+            raise bad(f"a list of {ftype.split('[')[1].split(']')[0].count(',') + 1} {item}s")
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, int if item == "int" else (int, float)):
+                raise bad(f"a list of {item}s")
+            if item == "float" and not math.isfinite(x):
+                raise bad("a list of finite numbers")
         return tuple(v)
+    if ftype.startswith("list[str]"):
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise bad("a list of strings")
+        return list(v)
+    if ftype.startswith("dict"):
+        if not isinstance(v, dict):
+            raise bad("an object")
+        return v
     return v
 
 

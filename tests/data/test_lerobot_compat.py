@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from smolvla.data import DatasetWriter, LeRobotDataset
+from smolvla.data import DatasetWriter, LeRobotDataset, check_dataset
 from tests.data import synth
 
 # non-image columns both readers must give identically
@@ -77,6 +77,7 @@ def test_ours_loads_in_lerobot(tmp_path: Path, variant: dict) -> None:
     run_side("read", str(root), str(tmp_path / "out"))
     theirs = load_file(str(tmp_path / "out/items.safetensors"))
     meta = json.loads((tmp_path / "out/meta.json").read_text())
+    assert check_dataset(root, full=True).ok
     ours = our_items(root)
     assert meta["len"] == len(ours["index"]) == sum(LENGTHS) and meta["total_episodes"] == len(LENGTHS)
     assert meta["tasks"] == ours["task"]
@@ -113,6 +114,9 @@ def test_lerobot_dataset_loads_in_ours(tmp_path: Path) -> None:
     theirs = load_file(str(tmp_path / "out/items.safetensors"))
     meta = json.loads((tmp_path / "out/meta.json").read_text())
 
+    for full in (False, True):  # what LeRobot writes is consistent by our dataset check too
+        report = check_dataset(root, full=full)
+        assert report.ok, report.problems
     ours = our_items(root)
     np.testing.assert_array_equal(ours["observation.state"], arrays["observation.state"])
     np.testing.assert_array_equal(ours["action"][:, 0], arrays["action"])

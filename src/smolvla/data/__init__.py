@@ -25,6 +25,8 @@ except ImportError as e:  # the data layer's own dependencies are an extra
 _EXPORTS = {
     "AugmentConfig": "smolvla.data.augment",
     "ImageAugment": "smolvla.data.augment",
+    "CheckReport": "smolvla.data.check",
+    "check_dataset": "smolvla.data.check",
     "EpisodeMeta": "smolvla.data.dataset",
     "LeRobotDataset": "smolvla.data.dataset",
     "LeRobotDatasetMeta": "smolvla.data.dataset",

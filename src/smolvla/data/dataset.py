@@ -46,6 +46,7 @@ from smolvla.data.format import (
 )
 from smolvla.data.stats import StatsAccumulator, aggregate_stats, stats_from_columns, stats_from_json
 from smolvla.data.video import decode_frames, decode_png, probe_video
+from smolvla.stats_check import validate_stats
 
 # Features whose NaN would silently poison training (normalization stats, losses).
 NAN_CHECKED_PREFIXES = ("observation.state", "observation.environment_state", "action")
@@ -158,11 +159,7 @@ class LeRobotDatasetMeta:
         for field in ("fps", "features", "total_episodes", "total_frames", "data_path"):
             if field not in info:
                 raise DatasetError(f"{root / INFO_PATH}: field {field!r} is missing")
-        if not isinstance(info["fps"], (int, float)) or info["fps"] <= 0:
-            raise DatasetError(f"{root / INFO_PATH}: fps is {info['fps']!r}, expected a positive number")
-        for name, ft in info["features"].items():
-            if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
-                raise DatasetError(f"{root / INFO_PATH}: feature {name!r} lacks 'dtype' or 'shape'")
+        check_info(info, str(root / INFO_PATH))
         if version == "v3.0":
             tasks = read_tasks_parquet(root / TASKS_PATH) if info.get("total_tasks", 1) else []
             episodes = _episodes_v3(root, info)
@@ -179,7 +176,84 @@ class LeRobotDatasetMeta:
             if stats is None and (root / "meta/episodes_stats.jsonl").is_file():
                 per_ep = read_jsonl(root / "meta/episodes_stats.jsonl", "episodes stats")
                 stats = aggregate_stats([stats_from_json(r["stats"], "episodes_stats.jsonl") for r in per_ep])
+        if stats is not None:
+            validate_stats(
+                stats, stat_shapes(info["features"]), where=str(root / STATS_PATH), error=DatasetError
+            )
         return cls(root, info, tasks, episodes, stats)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_info(info: dict[str, Any], where: str) -> None:
+    """The fields of info.json this reader relies on, each of the type it is used as: a value of another
+    type is one line naming it here, not a TypeError (or a silently truncated fps) further on."""
+    fps = info["fps"]
+    # Frames are addressed as round(t * fps): a fractional fps (29.97) would be truncated and every
+    # timestamp would drift; LeRobot's fps is an integer.
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0 or not float(fps).is_integer():
+        raise DatasetError(f"{where}: fps is {fps!r}, expected a positive integer")
+    for name in ("total_episodes", "total_frames"):
+        if not _is_int(info[name]) or info[name] < 0:
+            raise DatasetError(f"{where}: {name} is {info[name]!r}, expected a non-negative integer")
+    if "total_tasks" in info and (not _is_int(info["total_tasks"]) or info["total_tasks"] < 0):
+        raise DatasetError(
+            f"{where}: total_tasks is {info['total_tasks']!r}, expected a non-negative integer"
+        )
+    if "chunks_size" in info and (not _is_int(info["chunks_size"]) or info["chunks_size"] < 1):
+        raise DatasetError(f"{where}: chunks_size is {info['chunks_size']!r}, expected a positive integer")
+    check_features(info["features"], where)
+    paths = ["data_path"]
+    if any(ft["dtype"] == "video" for ft in info["features"].values()):
+        paths.append("video_path")
+    for name in paths:
+        if not isinstance(info.get(name), str) or not info[name]:
+            raise DatasetError(
+                f"{where}: {name} is {info.get(name)!r}, expected a path template (the dataset has "
+                f"{'videos' if name == 'video_path' else 'data files'})"
+            )
+
+
+def check_features(features: Any, where: str) -> None:
+    """info.json's `features`: every dtype known, every shape a list of positive integers, cameras (H, W, 3).
+
+    Checked where the metadata is parsed, so a shape written as a string or a camera of the wrong rank
+    is one line naming the feature here, not an exception in the reader, the stats or the policy.
+    """
+    if not isinstance(features, dict) or not features:
+        raise DatasetError(f"{where}: features is {features!r:.80}, expected a non-empty mapping")
+    known = (*NUMERIC_DTYPES, *VISUAL_DTYPES, "string")
+    for name, ft in features.items():
+        if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
+            raise DatasetError(f"{where}: feature {name!r} lacks 'dtype' or 'shape'")
+        dtype, shape = ft["dtype"], ft["shape"]
+        if dtype not in known:
+            raise DatasetError(
+                f"{where}: feature {name!r} has dtype {dtype!r}, expected one of {list(known)}"
+            )
+        if (
+            not isinstance(shape, (list, tuple))
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        ):
+            raise DatasetError(
+                f"{where}: feature {name!r} has shape {shape!r}, expected a list of positive integers"
+            )
+        if dtype in VISUAL_DTYPES and (len(shape) != 3 or shape[2] != 3):
+            raise DatasetError(
+                f"{where}: camera {name!r} has shape {list(shape)}, expected [height, width, 3]"
+            )
+
+
+def stat_shapes(features: dict[str, dict[str, Any]]) -> dict[str, tuple[int, ...]]:
+    """The shape each feature's stats must fit: per channel (C, 1, 1) for cameras, else the feature's."""
+    out = {}
+    for name, ft in features.items():
+        shape = tuple(ft["shape"])
+        out[name] = (shape[2], shape[0], shape[1]) if ft["dtype"] in VISUAL_DTYPES else shape
+    return out
 
 
 def _load_stats(path: Path) -> dict[str, dict[str, np.ndarray]] | None:
@@ -546,6 +620,12 @@ class LeRobotDataset(torch.utils.data.Dataset):
             if not path.is_file():
                 raise DatasetError(f"{path}: video file of episode {e}, camera {key!r}, is missing")
             info = probe_video(path)
+            h, w, _ = self.meta.features[key]["shape"]
+            if (info.height, info.width) != (h, w):  # the shape would go into the trained checkpoint
+                raise VideoError(
+                    f"{path}: frames are {info.height} x {info.width}, but info.json gives camera {key!r} "
+                    f"shape {list(self.meta.features[key]['shape'])} ({h} x {w}, height x width)"
+                )
             if info.duration_s + 0.5 / fps < end:
                 raise VideoError(
                     f"{path}: holds {info.duration_s:.4f} s of video ({info.frames} frames), but episode {e} "

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from smolvla.config import ACTION, OBS_STATE
+from smolvla.data.check import check_dataset
 from smolvla.data.dataset import EpisodeMeta, LeRobotDatasetMeta
 from smolvla.data.errors import DatasetError
 from smolvla.data.format import STATS_PATH
@@ -27,7 +28,10 @@ from smolvla.io import write_json
 
 
 def info(root: str | Path) -> dict[str, Any]:
-    """A summary of the dataset (what `smolvla dataset info` prints)."""
+    """A summary of the dataset (what `smolvla dataset info` prints). Runs the quick `check_dataset` first:
+    a dataset whose files are missing or whose metadata contradicts its data is a DatasetError, not a
+    summary of what it claims to hold."""
+    check_dataset(root, full=False).raise_for_problems()
     meta = LeRobotDatasetMeta.load(root)
     feats = {k: {"dtype": f["dtype"], "shape": list(f["shape"])} for k, f in meta.features.items()}
     lengths = [e.length for e in meta.episodes] or [0]

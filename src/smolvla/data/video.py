@@ -234,6 +234,31 @@ def probe_video(path: str | Path) -> VideoInfo:
         raise VideoError(f"{path}: not a readable video ({e})") from e
 
 
+def demux_end_s(path: str | Path, from_s: float = 0.0) -> tuple[float, int]:
+    """(end of the last packet in seconds, packets read) of the first video stream, without decoding.
+
+    A header can promise more than the file holds (a copy cut short keeps a header written first); the
+    packets themselves cannot. `from_s` > 0 seeks to the keyframe before it first, so checking that a file
+    reaches a time reads only its tail."""
+    end, packets = 0.0, 0
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            s = c.streams.video[0]
+            tb = float(s.time_base)
+            if from_s > 0:
+                c.seek(int(from_s / tb), stream=s, backward=True, any_frame=False)
+            for packet in c.demux(s):
+                if packet.pts is None:  # the flushing packet at the end of the stream
+                    continue
+                packets += 1
+                end = max(end, (packet.pts + (packet.duration or 0)) * tb)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video ({e})") from e
+    return end, packets
+
+
 # --------------------------------------------------------------------------------------------------
 # Decoding
 

@@ -7,6 +7,7 @@ stats that are absent (or not finite, or of the wrong shape) is an error at cons
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from smolvla.config import FeatureType, NormMode, PolicyFeature, SmolVLAConfig
 from smolvla.errors import SmolVLAError
 from smolvla.io import read_json_object
+from smolvla.stats_check import validate_stats
 
 # The stats each mode reads: (low/centre, high/spread).
 NEEDED_STATS: dict[NormMode, tuple[str, str]] = {
@@ -87,6 +89,8 @@ def load_stats(path_or_dict: str | Path | dict[str, Any]) -> Stats:
 
 
 def _norm_map(norm_map: dict[Any, Any]) -> dict[FeatureType, NormMode]:
+    if not isinstance(norm_map, dict):
+        raise StatsError(f"norm_map: got {norm_map!r:.80}, expected a mapping of feature type to mode")
     out = {}
     for k, v in norm_map.items():
         try:
@@ -124,6 +128,13 @@ class Normalizer:
                 self.stats[name] = {
                     k: t.reshape(-1, 1, 1) if t.ndim == 1 else t for k, t in self.stats[name].items()
                 }
+        # LeRobot's eps only keeps a division finite: it must be a small positive number. Anything else
+        # (0, negative, NaN) would turn a constant dimension into inf/NaN far from where it was set.
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise StatsError(f"eps: got {eps!r}, expected a finite number > 0 (LeRobot's default is 1e-8)")
+        validate_stats(
+            self.stats, {k: f.shape for k, f in self.features.items()}, where="stats", error=StatsError
+        )
         self.eps = float(eps)
         self.modes: dict[str, NormMode] = {}
         self._params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # feature -> (offset, scale) on CPU
@@ -149,20 +160,7 @@ class Normalizer:
                 f"{list(needed)}, but {what}. Did you fine-tune / pass the dataset stats (meta/stats.json) "
                 "or a rename_map matching the checkpoint's feature names?"
             )
-        lo, hi = have[needed[0]], have[needed[1]]
-        for stat, t in zip(needed, (lo, hi), strict=True):
-            if not torch.isfinite(t).all():
-                raise StatsError(f"stats[{name!r}][{stat!r}] is not finite: {t.tolist()}")
-            try:
-                ok = torch.broadcast_shapes(t.shape, feat.shape) == torch.Size(feat.shape)
-            except RuntimeError:
-                ok = False
-            if not ok:
-                raise StatsError(
-                    f"stats[{name!r}][{stat!r}] has shape {tuple(t.shape)}, which does not fit the feature's "
-                    f"shape {feat.shape}"
-                )
-        return lo, hi
+        return have[needed[0]], have[needed[1]]  # values, shapes and order checked by validate_stats
 
     def _get(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (name, x.device, x.dtype)

@@ -214,6 +214,16 @@ def _load_normalizer(
         raise ProcessorError(f"{file}: has no {reg} step")
     cfg = step["config"]
     where = f"{file}: {reg}"
+    # LeRobot's normalizer steps have no default for these: without them nothing would be normalized, and
+    # raw values would reach the model (or normalized actions the robot) silently.
+    missing = [k for k in ("features", "norm_map") if k not in cfg]
+    if missing:
+        raise ProcessorError(f"{where}: config lacks {missing} (LeRobot writes both; they have no default)")
+    if reg == "unnormalizer_processor" and ACTION not in (cfg["features"] or {}):
+        raise ProcessorError(
+            f"{where}.features: got {sorted(cfg['features'] or {})}, expected {ACTION!r} among them "
+            "(without it the robot would receive normalized actions)"
+        )
     try:
         features = {
             k: PolicyFeature.from_dict(v, f"{where}.features.{k}") for k, v in cfg.get("features", {}).items()
@@ -233,7 +243,7 @@ def _load_normalizer(
             except Exception as e:
                 raise ProcessorError(f"{state}: not a readable safetensors file of stats ({e})") from e
     try:
-        return Normalizer(features, cfg.get("norm_map", {}), stats, eps=float(cfg.get("eps", 1e-8)))
+        return Normalizer(features, cfg.get("norm_map", {}), stats, eps=cfg.get("eps", 1e-8))
     except ValueError as e:
         raise type(e)(f"{where}: {e}") from e
 
@@ -281,6 +291,16 @@ class PolicyPreprocessor:
                 f"tokenizer_processor.max_length: got {max_length!r}, expected a positive integer"
             )
         _float_dtype(float_dtype)
+        if rename_map is not None and (
+            not isinstance(rename_map, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in rename_map.items())
+        ):
+            raise ProcessorError(
+                f"rename_observations_processor.rename_map: got {rename_map!r:.80}, expected a mapping of "
+                "feature name to feature name"
+            )
+        if not isinstance(task_key, str) or not task_key:
+            raise ProcessorError(f"tokenizer_processor.task_key: got {task_key!r}, expected a feature name")
         self.normalizer = normalizer
         self.tokenizer = tokenizer
         self.tokenizer_name = (

@@ -33,6 +33,7 @@ class DatasetConfig:
     augment: bool = False  # image augmentation (smolvla.data.augment)
     augment_max_shift: int | None = None  # pixels; None: AugmentConfig's default
     augment_crop_scale: float | None = None  # side fraction kept by random crops; 1 disables them
+    check: str = "quick"  # check_dataset before step 1: quick (files, headers, rows) | full (decode)
 
     def augment_config(self) -> AugmentConfig:
         """The augmentation this dataset config asks for (validated by AugmentConfig)."""

@@ -160,6 +160,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     `stop_at`: checkpoint and stop after that step, as an interrupted run would (`--resume=true` goes
     on): for time-boxed sessions, and for the test that resuming is exact."""
     from smolvla.data import ImageAugment, LeRobotDataset
+    from smolvla.data.check import check_dataset, check_mode
     from smolvla.processing import make_pre_post_processors
     from smolvla.processing.tokenizer import distinct_length
 
@@ -174,6 +175,9 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         cfg = dataclasses.replace(saved, steps=cfg.steps, resume=True, output_dir=str(out))
 
     torch.manual_seed(cfg.seed)
+    # Before anything is built from it: metadata that contradicts the data (a camera shape the videos do
+    # not have) would otherwise end up in the trained checkpoint.
+    check_dataset(cfg.dataset.repo_id, full=check_mode(cfg.dataset.check)).raise_for_problems()
     probe = LeRobotDataset(cfg.dataset.repo_id, episodes=_episodes(cfg), rename_map=cfg.rename_map or None)
     ds_inputs, ds_outputs = dataset_features(probe)
     pcfg = policy_config(cfg, ds_inputs, ds_outputs)
