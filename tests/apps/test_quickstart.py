@@ -16,7 +16,7 @@ from smolvla.apps.quickstart import QuickstartConfig, run
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_quickstart_runs_end_to_end(tmp_path, processes):
-    command, cfg = parse(
+    _, cfg = parse(
         [
             "quickstart",
             f"--output_dir={tmp_path / 'qs'}",

@@ -13,10 +13,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: hea
 import pytest
 import torch
 
-from smolvla.config import FeatureType, PolicyFeature, SmolVLAConfig, preset
-from smolvla.envs.record import EVAL_SEED_BASE
 from smolvla.apps.cli import main as cli_main
 from smolvla.apps.cli import parse
+from smolvla.config import FeatureType, PolicyFeature, SmolVLAConfig, preset
+from smolvla.envs.record import EVAL_SEED_BASE
 from smolvla.errors import SmolVLAError
 from smolvla.eval import EvalConfig, evaluate, print_table
 from smolvla.eval.metaworld import MAX_EPISODE_STEPS, EvalPipelineConfig

@@ -330,9 +330,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         saving = step % cfg.save_freq == 0 or step == cfg.steps or stopping
         # Evaluation has its own schedule: it needs the weights on disk (the simulator workers load
         # them), so a step that evaluates without a checkpoint saves the model alone, under eval/.
-        evaluating = bool(cfg.env.type and cfg.eval_freq) and (
-            step % cfg.eval_freq == 0 or step == cfg.steps
-        )
+        evaluating = bool(cfg.env.type and cfg.eval_freq) and (step % cfg.eval_freq == 0 or step == cfg.steps)
         if saving or evaluating:
             if rank == 0:
                 if saving:
