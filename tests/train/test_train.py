@@ -292,3 +292,30 @@ def test_bf16_fine_tuning_under_ddp_keeps_the_frozen_weights_exactly(dataset, tm
     assert frozen and trained
     assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in frozen)
     assert any(not torch.equal(after[k], before[k]) for k in trained)
+
+
+def test_evaluation_runs_on_its_own_schedule(tmp_path, monkeypatch):
+    """--eval_freq=2 with the default --save_freq evaluates at steps 2 and 4, checkpoints only at the end."""
+    pytest.importorskip("metaworld")
+    monkeypatch.setenv("MUJOCO_GL", "egl")  # the simulator workers render headless
+    monkeypatch.setattr(synth, "ACTION_DIM", 4)  # Meta-World's action
+    root = tmp_path / "ds"
+    synth.write(root, [12, 10], synth.features(size=32, cams=("camera1",)))
+    out = run(
+        root,
+        tmp_path / "run",
+        "--steps=4",
+        "--eval_freq=2",
+        "--log_freq=1",
+        "--env.type=metaworld",
+        "--env.task=reach-v3",
+        "--eval.n_episodes=1",
+        "--eval.workers=1",
+        "--env.max_episode_steps=5",
+    )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_success" in r] == [2, 4]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000004", "last"]
+    report = json.loads((out / "eval" / "000002" / "eval_report.json").read_text())
+    assert report["config"]["max_episode_steps"] == 5 and report["config"]["n_episodes"] == 1
+    assert not (out / "eval" / "000002" / "pretrained_model").exists()  # fed the simulator, then removed
