@@ -617,7 +617,7 @@ class BenchTrainConfig(BenchCommonConfig):
 
     policy: BenchPolicyConfig = dataclasses.field(default_factory=BenchPolicyConfig)
     cams: int | None = None  # cameras (None: the preset's)
-    batch_size: int = 4
+    batch_size: int = 4  # samples per training step
     lang: int = 48  # language tokens
     image_size: int | None = None  # camera and model input side in pixels (None: the preset's)
     # as `smolvla train --precision`: fp32, or bf16 autocast with frozen parts stored in bf16

@@ -194,7 +194,7 @@ def parse_latency(v: str) -> float:
 class DeployEnvConfig:
     task: str | None = None  # Meta-World task(s), comma-separated
     image_size: int | None = None  # rendered camera side (None: the policy's)
-    max_episode_steps: int = 400
+    max_episode_steps: int = 400  # an episode not done by then counts as failed
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class DeployConfig:
     aggregate: str = "weighted_average"  # how overlapping chunks merge: one of AGGREGATE_FUNCTIONS
     similarity_atol: float = 0.01  # observations closer than this are not sent again
     server: str | None = None  # a running server's URL (its own --latency and --rtc apply)
-    output_dir: str = "outputs/deploy"
+    output_dir: str = "outputs/deploy"  # deploy_report.json and the videos
     video: bool = False  # an MP4 of each variant's first episode
 
 

@@ -58,7 +58,7 @@ class QuickstartConfig:
     eval: QuickstartEvalConfig = field(default_factory=QuickstartEvalConfig)
     steps: int = 2000  # training steps
     batch_size: int = 64  # global batch, split over the training processes
-    seed: int = 0
+    seed: int = 0  # recording seeds, weight init and data order
     num_workers: int = 2  # DataLoader workers per training process
     # Training processes (DDP over gloo, one torch thread each); None: 2 on a CPU with 2+ cores, else 1.
     # A model this small keeps two cores busier as two single-thread processes than as one process

@@ -37,7 +37,7 @@ class InfoConfig:
 class DemoPolicyConfig:
     path: str | None = None  # a checkpoint folder or hub repo id (None: --policy.preset, random weights)
     preset: str = "tiny"  # the preset built with random weights when no path is given
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, mps
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DemoConfig:
     """Run a policy on a sample observation and print its action chunk."""
 
     policy: DemoPolicyConfig = field(default_factory=DemoPolicyConfig)
-    seed: int = 0
+    seed: int = 0  # seeds the sample observation, the noise and random weights
 
 
 @dataclass(frozen=True)

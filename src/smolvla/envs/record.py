@@ -263,9 +263,8 @@ def _default_workers() -> int:
 
 @dataclass(frozen=True)
 class RecordEnvConfig:
-    task: str | None = (
-        None  # comma-separated Meta-World tasks, or a difficulty: easy|medium|hard|very_hard|all
-    )
+    # comma-separated Meta-World tasks, or a difficulty: easy|medium|hard|very_hard|all
+    task: str | None = None
     image_size: int = 128  # rendered camera side in pixels
     max_episode_steps: int = 500  # an expert episode not done by then is dropped
 

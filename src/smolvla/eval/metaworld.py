@@ -668,9 +668,8 @@ class EvalPolicyConfig:
 @dataclass(frozen=True)
 class EvalEnvConfig:
     type: str = "metaworld"  # the only simulator here
-    task: str | None = (
-        None  # comma-separated tasks (reach-v3,drawer-close-v3) or easy|medium|hard|very_hard|all
-    )
+    # comma-separated tasks (reach-v3,drawer-close-v3) or a difficulty: easy|medium|hard|very_hard|all
+    task: str | None = None
     image_size: int | None = None  # rendered image side in pixels (None: the policy's camera size)
     max_episode_steps: int = MAX_EPISODE_STEPS  # steps before an episode counts as failed
 

@@ -458,7 +458,7 @@ class ServePolicyConfig:
     """The served policy and its speed options (`smolvla deploy sim` passes them to its servers)."""
 
     path: str | None = None  # checkpoint folder or hub repo id
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, mps
     num_steps: int | None = None  # denoising steps (None: the checkpoint's)
     # fp32 | bf16 | int8 | auto: the policy prepared for fast CPU inference (None: the plain policy)
     inference_mode: str | None = None
@@ -468,7 +468,7 @@ class ServePolicyConfig:
 class ServeRTCConfig:
     enabled: bool = False  # real-time chunking: guide each chunk toward the previous one
     execution_horizon: int = 10  # actions of the previous chunk the new one is guided toward
-    max_guidance_weight: float = 10.0
+    max_guidance_weight: float = 10.0  # the largest weight guidance may take (RTC's beta)
     schedule: str = "linear"  # how guidance decays along the horizon: one of smolvla.model.rtc.SCHEDULES
 
 
@@ -488,7 +488,7 @@ class ServeConfig:
     latency: float = 0.0
     rtc: ServeRTCConfig = field(default_factory=ServeRTCConfig)
     threads: int | None = None  # torch intra-op threads (None: torch's)
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR (the server's log on stderr)
 
 
 def run_server(cfg: ServeConfig) -> None:

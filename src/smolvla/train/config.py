@@ -87,7 +87,7 @@ class TrainConfig:
     save_freq: int = 20_000  # checkpoint every this many steps (and at the end)
     log_freq: int = 200  # log the loss every this many steps
     eval_freq: int = 20_000  # evaluate every this many steps with --env.type (0: never)
-    seed: int = 1000
+    seed: int = 1000  # weight init, data order, noise and augmentation draws
     num_workers: int = 2  # DataLoader worker processes
     precision: str = "auto"  # auto | fp32 | bf16 (autocast where the device supports it)
     resume: bool = False  # continue the run in --output_dir from its last checkpoint
