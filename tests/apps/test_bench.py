@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +85,31 @@ def test_list_flags_take_space_separated_values_and_old_spellings(capsys):
     _, cfg = parse(["bench", "train", "--preset", "micro", "--batch", "2", "--no-matmul", "--precision=bf16"])
     assert (cfg.policy.preset, cfg.batch_size, cfg.matmul, cfg.precision) == ("micro", 2, False, ("bf16",))
     assert "--batch is deprecated, use --batch_size=..." in capsys.readouterr().err
+
+
+def test_data_loader_case_prints_a_json_line():
+    """As a user runs it: its own process (its DataLoader workers fork from a plain interpreter)."""
+    import subprocess
+    import sys
+
+    argv = ["bench", "data_loader", "--sizes", "16", "--codecs=h264", "--episodes=2", "--length=100"]
+    env = {**os.environ, "PYTHONPATH": str(Path(bench.__file__).resolve().parents[2])}
+    p = subprocess.run(
+        [sys.executable, "-m", "smolvla.apps.cli", *argv, "--batches=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    (line,) = p.stdout.splitlines()
+    rec = json.loads(line)
+    assert (rec["size"], rec["codec"], rec["frames"], rec["frames_source"]) == (16, "h264", 200, "synthetic")
+    assert rec["record_fps"] > 0 and rec["loader_samples_per_s"] > 0 and rec["psnr_db"] > 20
+
+
+def test_serving_load_case_prints_a_json_line(micro_ckpt, capsys, monkeypatch):
+    src = str(Path(bench.__file__).resolve().parents[2])  # the server and clients import this checkout
+    monkeypatch.setenv("PYTHONPATH", src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    assert main(["bench", "serving_load", f"--policy.path={micro_ckpt}", "--clients=2", "--requests=2"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert rec["clients"] == 2 and rec["answers"] == 4 and rec["requests_per_s"] > 0

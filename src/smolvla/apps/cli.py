@@ -95,7 +95,7 @@ def _run_record(cfg: Any) -> None:
 
 def commands() -> tuple[Command, ...]:
     """The registry. Configs are imported here, not at module import, so `smolvla --help` is quick."""
-    from smolvla.apps import bench, deploy, quickstart, tools
+    from smolvla.apps import bench, bench_data, bench_serving, bench_sim, deploy, quickstart, tools
     from smolvla.envs.record import RecordPipelineConfig
     from smolvla.eval.metaworld import EvalPipelineConfig
     from smolvla.serving.server import ServeConfig
@@ -143,9 +143,29 @@ def commands() -> tuple[Command, ...]:
         Command(
             "bench",
             "speed and memory here: s/chunk per inference mode, training step; --compare to LeRobot",
-            subcommands=tuple(
-                Command(name, text, cfg, bench.run_command, renames=bench_renames)
-                for name, text, cfg in bench.CASES
+            subcommands=(
+                *(
+                    Command(name, text, cfg, bench.run_command, renames=bench_renames)
+                    for name, text, cfg in bench.CASES
+                ),
+                Command(
+                    "data_loader",
+                    "recording and loading speed of the data layer, per camera size and video codec",
+                    bench_data.BenchDataLoaderConfig,
+                    bench_data.run,
+                ),
+                Command(
+                    "metaworld_fps",
+                    "frames per second of a Meta-World env with the scripted expert, per image size",
+                    bench_sim.BenchMetaWorldConfig,
+                    bench_sim.run,
+                ),
+                Command(
+                    "serving_load",
+                    "latency of the policy server under concurrent client processes",
+                    bench_serving.BenchServingConfig,
+                    bench_serving.run,
+                ),
             ),
         ),
         Command(
