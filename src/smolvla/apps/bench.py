@@ -1,4 +1,6 @@
-"""Speed and memory benchmarks (`smolvla bench`, `benchmarks/*.py`): random weights, this machine.
+"""Speed and memory benchmarks of the model (`smolvla bench matmul|inference|train|all`): random
+weights, this machine. (The data layer, the simulator and the server: bench_data, bench_sim,
+bench_serving.)
 
     smolvla bench matmul                                   # the machine's GEMM peak, per dtype
     smolvla bench inference --policy.preset=base --cams 2 3 --mode reference fp32 bf16 int8

@@ -143,7 +143,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     print(f"[2/3] training the tiny preset for {cfg.steps} steps (batch {cfg.batch_size})", flush=True)
     t1 = time.perf_counter()
     tiny = preset("tiny")
-    # many tasks (--tasks all) need longer prompts than the preset's to stay distinct
+    # many tasks (--env.task=all) need longer prompts than the preset's to stay distinct
     need = distinct_length(load_tokenizer(tiny.vlm_model_name), [INSTRUCTIONS[t] for t in cfg.tasks])
     tcfg = TrainConfig(
         dataset=DatasetConfig(repo_id=str(data), augment=cfg.dataset.augment),

@@ -1,6 +1,7 @@
 """Records Meta-World's scripted experts into a LeRobotDataset v3.0.
 
-    smolvla record metaworld --tasks reach-v3,drawer-close-v3 --episodes 40 --image-size 128 --output DIR
+    smolvla record metaworld --env.task=reach-v3,drawer-close-v3 --dataset.num_episodes=40 \\
+        --env.image_size=128 --dataset.root=DIR
 
 Worker processes (one per core) run the experts: each reads jobs `{task, seed}` as JSON lines on
 stdin, renders the episode, writes its frames to a safetensors file and answers with a JSON line. The

@@ -1,6 +1,6 @@
 """`smolvla serve`: one policy behind a WebSocket, for many robot clients at once.
 
-    smolvla serve --policy.path=DIR --host 127.0.0.1 --port 8000 [--api-key-env VAR] [--rtc]
+    smolvla serve --policy.path=DIR --host=127.0.0.1 --port=8000 [--api_key_env=VAR] [--rtc.enabled=true]
 
 The protocol is openpi's (see `smolvla.serving.protocol`): metadata on connect, then one answer per
 observation: a map with `actions` [chunk_size, action_dim] (unnormalized, float32) and
