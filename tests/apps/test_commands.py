@@ -158,3 +158,34 @@ def test_doc_command_lines_parse(where, line, tmp_path, monkeypatch, capsys):
 def test_a_wrong_flag_in_a_doc_line_fails():
     with pytest.raises(flags.UsageError, match="unknown flag --stepz"):
         cli.parse(_argv("smolvla train --dataset.repo_id=x --policy.preset=tiny --stepz=3  # comment"))
+
+
+SERVE_OLD = ["--max-message-mb", "8", "--idle-timeout=5", "--rtc", "--log-level=DEBUG"]
+SERVE_NEW = ["--max_message_mb=8", "--idle_timeout=5", "--rtc.enabled=true", "--log_level=DEBUG"]
+RECORD_OLD = ["--difficulty", "easy", "--episodes", "3", "--image-size", "32", "--output", "d"]
+RECORD_OLD += ["--workers", "1", "--max-episode-steps", "50", "--video-codec", "h264"]
+RECORD_NEW = ["--env.task=easy", "--dataset.num_episodes=3", "--env.image_size=32", "--dataset.root=d"]
+RECORD_NEW += ["--num_workers=1", "--env.max_episode_steps=50", "--dataset.video_codec=h264"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (["serve", "--policy.path=p", *SERVE_OLD], ["serve", "--policy.path=p", *SERVE_NEW]),
+        (["record", "metaworld", *RECORD_OLD], ["record", "metaworld", *RECORD_NEW]),
+        (
+            ["deploy", "sim", "--policy.path=p", "--env.task=reach-v3", "--episodes", "2", "--video"],
+            ["deploy", "sim", "--policy.path=p", "--env.task=reach-v3", "--n_episodes=2", "--video=true"],
+        ),
+        (["info", "ckpt", "--json"], ["info", "--policy.path=ckpt", "--json=true"]),
+        (
+            ["dataset", "show", "d", "--episode", "2", "--output", "e.mp4"],
+            ["dataset", "show", "--dataset.repo_id=d", "--episode_index=2", "--output_path=e.mp4"],
+        ),
+    ],
+)
+def test_old_spellings_give_the_same_config_with_one_line_each(old, new, capsys):
+    assert cli.parse(old) == cli.parse(new)
+    name = " ".join(old[:2]) if old[0] in groups() else old[0]
+    err = capsys.readouterr().err.splitlines()
+    assert err and all(line.startswith(f"smolvla {name}: ") and "deprecated, use --" in line for line in err)

@@ -579,8 +579,12 @@ def _default_threads() -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchPolicyConfig:
+class BenchTrainPolicyConfig:
     preset: str = "base"  # the preset built with random weights: base | tiny | micro
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchPolicyConfig(BenchTrainPolicyConfig):
     num_steps: int | None = None  # denoising steps (None: the preset's)
 
 
@@ -617,7 +621,7 @@ class BenchInferenceConfig(BenchCommonConfig):
 class BenchTrainConfig(BenchCommonConfig):
     """Seconds per training step, per precision."""
 
-    policy: BenchPolicyConfig = dataclasses.field(default_factory=BenchPolicyConfig)
+    policy: BenchTrainPolicyConfig = dataclasses.field(default_factory=BenchTrainPolicyConfig)
     cams: int | None = None  # cameras (None: the preset's)
     batch_size: int = 4  # samples per training step
     lang: int = 48  # language tokens
