@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -589,7 +588,7 @@ class SmolVLAConfig:
                 close = difflib.get_close_matches(k, names, 1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ConfigError(f"unknown SmolVLA config field {k!r}{hint}")
-            d[k] = _parse_cli_value(k, v) if isinstance(v, str) else v
+            d[k] = _decode_flag(k, v) if isinstance(v, str) else v
         return SmolVLAConfig.from_dict(d)
 
 
@@ -638,20 +637,18 @@ OPTIONAL_FIELDS = frozenset(
 )
 
 
-def _parse_cli_value(name: str, value: str) -> Any:
-    """A command-line string for field `name`, as the JSON value it stands for."""
-    ftype = str(_FIELD_TYPES[name])
-    if ftype == "str" or (ftype == "str | None" and value.lower() not in ("null", "none")):
-        return value
+def _decode_flag(name: str, value: str) -> Any:
+    """A command-line string for field `name`, decoded as draccus decodes every other flag."""
+    import typing
+
+    import draccus
+    from draccus import cfgparsing
+
     try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        low = value.lower()
-        if low in ("true", "false"):
-            return low == "true"
-        if low in ("none", "null"):
-            return None
-        raise ConfigError(f"{name}: could not parse {value!r} as a {ftype}") from None
+        v = draccus.decode(typing.get_type_hints(SmolVLAConfig)[name], cfgparsing.parse_string(value))
+    except Exception as e:  # draccus raises plain Exceptions for some shapes: name the flag instead
+        raise ConfigError(f"{name}: could not parse {value!r} as a {_FIELD_TYPES[name]}") from e
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _coerce_field(name: str, v: Any, source: str) -> Any:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from smolvla.apps import bench
+from smolvla.apps.cli import main, parse
 
 
 def test_inference_case_reports_the_stages_of_predict_action_chunk(tmp_path):
@@ -19,12 +24,35 @@ def test_inference_case_reports_the_stages_of_predict_action_chunk(tmp_path):
     assert torch.load(tmp_path / "a.pt").shape == (1, 4, 2)
 
 
-def test_train_case_reports_a_step(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_case_reports_a_step(tmp_path, monkeypatch, precision):
+    """The case times real optimizer steps set up as `smolvla train --precision` sets them up: the
+    trainable weights move, the frozen ones do not, bf16 stores the (bf16-exact) frozen parts in bf16."""
+    from safetensors.torch import load_file
+
+    from smolvla.policy import SmolVLAPolicy
+
     bench.write_checkpoint("micro", None, tmp_path / "ckpt")
-    rec = bench.train_case("micro", tmp_path / "ckpt", 2, 1, 1, 7, "bf16")
-    assert rec["precision"] == "bf16" and rec["batch"] == 2 and rec["cams"] == 2
-    assert rec["trainable"] < rec["params"]
-    assert rec["s_per_step_median"] >= rec["fwd_bwd_s_median"]
+    loaded = []
+    load = SmolVLAPolicy.from_pretrained.__func__
+
+    def keep(cls, *args, **kwargs):
+        loaded.append(load(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(SmolVLAPolicy, "from_pretrained", classmethod(keep))
+    rec = bench.train_case("micro", tmp_path / "ckpt", 2, 2, 1, 7, precision)
+    assert rec["precision"] == precision and rec["batch"] == 2 and rec["cams"] == 2
+    assert len(rec["losses"]) == 2 and all(0 < v < 100 for v in rec["losses"])
+    assert rec["samples_per_s"] > 0
+    (policy,) = loaded
+    before = load_file(tmp_path / "ckpt" / "model.safetensors")
+    params = dict(policy.named_parameters())
+    moved = {k for k, p in params.items() if not torch.equal(p.detach().float(), before[k].float())}
+    trainable = {k for k, p in params.items() if p.requires_grad}
+    assert moved and moved <= trainable and rec["trainable"] == sum(params[k].numel() for k in trainable)
+    frozen = {params[k].dtype for k in params.keys() - trainable}
+    assert (torch.bfloat16 in frozen) == (precision == "bf16")  # fp32 loads the bf16 checkpoint as fp32
 
 
 def test_image_size_sets_the_camera_and_the_vision_tokens(tmp_path):
@@ -34,15 +62,54 @@ def test_image_size_sets_the_camera_and_the_vision_tokens(tmp_path):
     full = bench.inference_case("micro", tmp_path / "full", "fp32", 1, 1, 7, None, tmp_path / "b.pt")
     assert (small["camera_px"], small["model_px"], small["vision_tokens_per_cam"]) == (8, 8, 1)
     assert (full["camera_px"], full["model_px"], full["vision_tokens_per_cam"]) == (16, 16, 4)
-    with pytest.raises(bench.BenchError, match="--image-size: got 0"):
+    with pytest.raises(bench.BenchError, match="--image_size: got 0"):
         bench.write_checkpoint("micro", 1, tmp_path / "bad", image_size=0)
 
 
-def test_compare_needs_an_existing_interpreter(tmp_path):
-    with pytest.raises(bench.BenchError, match=r"--compare: got .*nope"):
-        bench.main(["inference", "--preset", "micro", "--compare", str(tmp_path / "nope"), "--no-matmul"])
+def test_compare_needs_an_existing_interpreter(tmp_path, capsys):
+    argv = ["bench", "inference", "--policy.preset=micro", f"--compare={tmp_path / 'nope'}", "--matmul=false"]
+    assert main(argv) == 2
+    assert "smolvla bench inference: error: --compare: got" in capsys.readouterr().err
 
 
 def test_unknown_mode_is_named():
+    _, cfg = parse(["bench", "inference", "--policy.preset=micro", "--mode", "fp8", "--matmul=false"])
     with pytest.raises(bench.BenchError, match="--mode: got 'fp8'"):
-        bench.main(["inference", "--preset", "micro", "--mode", "fp8", "--no-matmul"])
+        bench.run_command(cfg)
+
+
+def test_list_flags_take_space_separated_values_and_old_spellings(capsys):
+    """The issue's own example, and the flags before LeRobot's spelling."""
+    _, cfg = parse(["bench", "inference", "--cams", "2", "--mode", "fp32", "bf16", "int8"])
+    assert cfg.cams == (2,) and cfg.mode == ("fp32", "bf16", "int8") and cfg.policy.preset == "base"
+    _, cfg = parse(["bench", "train", "--preset", "micro", "--batch", "2", "--no-matmul", "--precision=bf16"])
+    assert (cfg.policy.preset, cfg.batch_size, cfg.matmul, cfg.precision) == ("micro", 2, False, ("bf16",))
+    assert "--batch is deprecated, use --batch_size=..." in capsys.readouterr().err
+
+
+def test_data_loader_case_prints_a_json_line():
+    """As a user runs it: its own process (its DataLoader workers fork from a plain interpreter)."""
+    import subprocess
+    import sys
+
+    argv = ["bench", "data_loader", "--sizes", "16", "--codecs=h264", "--episodes=2", "--length=100"]
+    env = {**os.environ, "PYTHONPATH": str(Path(bench.__file__).resolve().parents[2])}
+    p = subprocess.run(
+        [sys.executable, "-m", "smolvla.apps.cli", *argv, "--batches=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    (line,) = p.stdout.splitlines()
+    rec = json.loads(line)
+    assert (rec["size"], rec["codec"], rec["frames"], rec["frames_source"]) == (16, "h264", 200, "synthetic")
+    assert rec["record_fps"] > 0 and rec["loader_samples_per_s"] > 0 and rec["psnr_db"] > 20
+
+
+def test_serving_load_case_prints_a_json_line(micro_ckpt, capsys, monkeypatch):
+    src = str(Path(bench.__file__).resolve().parents[2])  # the server and clients import this checkout
+    monkeypatch.setenv("PYTHONPATH", src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    assert main(["bench", "serving_load", f"--policy.path={micro_ckpt}", "--clients=2", "--requests=2"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert rec["clients"] == 2 and rec["answers"] == 4 and rec["requests_per_s"] > 0

@@ -49,7 +49,7 @@ def test_deploy_sim_end_to_end(tiny_ckpt, tmp_path, capsys):
     with ServerThread(PolicyServer(engine, ServerConfig(port=0))) as st:
         argv = [
             "deploy", "sim", f"--policy.path={tiny_ckpt}", "--env.task=drawer-close-v3",
-            "--env.max_episode_steps", "12", "--episodes", "1", "--mode", "sync,async,async+rtc",
+            "--env.max_episode_steps", "12", "--n_episodes=1", "--mode", "sync,async,async+rtc",
             "--fps", "100", "--server", st.url, "--output_dir", str(tmp_path),
         ]  # fmt: skip
         assert main(argv) == 0

@@ -20,11 +20,21 @@ def test_info_show_stats(tmp_path, capsys):
     assert s["episode_length"] == {"min": 6, "mean": 7.5, "max": 9}
     assert list(s["cameras"]) == ["observation.images.top", "observation.images.wrist"]
     assert s["tasks"] == ["task 0", "task 1"]
-    assert main(["dataset", "info", str(root), "--json"]) == 0
+    assert main(["dataset", "info", f"--dataset.repo_id={root}", "--json=true"]) == 0
     assert json.loads(capsys.readouterr().out)["frames"] == 15
+    assert main(["dataset", "info", str(root), "--json"]) == 0  # the old spelling, deprecated
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["frames"] == 15
+    assert captured.err.splitlines() == [
+        f"smolvla dataset info: a positional {str(root)!r} is deprecated, use --dataset.repo_id={root}",
+        "smolvla dataset info: --json is deprecated, use --json=true",
+    ]
 
     out = tmp_path / "view" / "ep1.mp4"
-    assert main(["dataset", "show", str(root), "--episode", "1", "--output", str(out)]) == 0
+    assert (
+        main(["dataset", "show", f"--dataset.repo_id={root}", "--episode_index=1", f"--output_path={out}"])
+        == 0
+    )
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 9 and frames[0].shape[1] >= 2 * 16  # two cameras side by side, upscaled
@@ -46,4 +56,4 @@ def test_show_rejects_a_missing_episode(tmp_path, capsys):
     root = tmp_path / "ds"
     synth.write(root, [4], synth.features(size=16, cams=("top",)))
     assert main(["dataset", "show", str(root), "--episode", "3", "--output", str(tmp_path / "x.mp4")]) == 2
-    assert "--episode: got 3, expected 0..0" in capsys.readouterr().err
+    assert "--episode_index: got 3, expected 0..0" in capsys.readouterr().err

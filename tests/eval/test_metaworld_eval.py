@@ -13,10 +13,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: hea
 import pytest
 import torch
 
+from smolvla.apps.cli import main as cli_main
+from smolvla.apps.cli import parse
 from smolvla.config import FeatureType, PolicyFeature, SmolVLAConfig, preset
 from smolvla.envs.metaworld import EVAL_SEED_BASE
-from smolvla.eval import EvalConfig, evaluate, main, print_table
-from smolvla.eval.metaworld import MAX_EPISODE_STEPS, config_from_flags, parse_flags
+from smolvla.errors import SmolVLAError
+from smolvla.eval import EvalConfig, evaluate, print_table
+from smolvla.eval.metaworld import MAX_EPISODE_STEPS, EvalPipelineConfig
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processing import make_pre_post_processors, unit_stats
 
@@ -115,12 +118,12 @@ def test_same_seeds_same_episodes(ckpt: Path, run: tuple[EvalConfig, dict], tmp_
         "--env.type=metaworld",
         f"--env.task={','.join(TASKS)}",
         "--eval.n_episodes=2",
-        "--eval.max_episode_steps=30",
+        "--env.max_episode_steps=30",
         "--eval.workers=1",
         "--eval.videos=false",
         f"--output_dir={tmp_path}",
     ]
-    assert main(argv) == 0
+    assert cli_main(["eval", *argv]) == 0
     second = json.loads((tmp_path / "eval_report.json").read_text())
     assert not (tmp_path / "videos").exists()
     for task in TASKS:
@@ -209,12 +212,18 @@ def test_tasks_from_a_spec(tmp_path: Path) -> None:
 # -- the command line ------------------------------------------------------------------------------
 
 
+def eval_config(argv: list[str]) -> EvalConfig:
+    command, pipeline = parse(["eval", *argv])
+    assert command == "eval" and isinstance(pipeline, EvalPipelineConfig)
+    return pipeline.eval_config()
+
+
 def test_flags_map_onto_the_config() -> None:
-    flags = parse_flags(
+    cfg = eval_config(
         [
             "--policy.path=ckpt",
             "--env.type=metaworld",
-            "--env.difficulty=very_hard",
+            "--env.task=very_hard",
             "--eval.n_episodes",
             "3",
             "--seed=7",
@@ -223,33 +232,42 @@ def test_flags_map_onto_the_config() -> None:
             "--output_dir=out",
         ]
     )
-    cfg = config_from_flags(flags)
     assert cfg.tasks[0] == "shelf-place-v3" and len(cfg.tasks) == 5
     assert (cfg.n_episodes, cfg.seed, cfg.n_action_steps, cfg.num_steps) == (3, 7, 2, 5)
     assert cfg.output_dir == Path("out") and cfg.max_episode_steps == MAX_EPISODE_STEPS
 
 
+def test_old_spellings_still_work_with_a_deprecation_line(capsys: pytest.CaptureFixture) -> None:
+    cfg = eval_config(["--policy.path=x", "--env.difficulty=easy", "--eval.max_episode_steps=9"])
+    assert len(cfg.tasks) > 1 and cfg.max_episode_steps == 9
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "smolvla eval: --env.difficulty is deprecated, use --env.task=...",
+        "smolvla eval: --eval.max_episode_steps is deprecated, use --env.max_episode_steps=...",
+    ]
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--eval.n_episode=3"], "unknown flag --eval.n_episode; did you mean --eval.n_episodes"),
+        (["--eval.n_episode=3"], r"unknown flag --eval.n_episode \(did you mean --eval.n_episodes\?\)"),
         (["--policy.path=x", "--env.type=libero", "--env.task=reach-v3"], "env.type: got 'libero'"),
-        (["--policy.path=x", "--env.task=reach-v3", "--env.difficulty=easy"], "exactly one"),
-        (["--policy.path=x", "--env.difficulty=trivial"], "env.difficulty: got 'trivial'"),
-        (["--policy.path=x", "--env.task=reach-v3", "--seed=one"], "--seed: got 'one'"),
-        (["--policy.path=x", "--env.task=reach-v3", "--seed=1", "--seed=2"], "given twice"),
+        (["--policy.path=x", "--env.task=trivial"], "trivial"),
+        (["--policy.path=x", "--env.task=reach-v3", "--seed=one"], "seed"),
+        (["--policy.path=x"], "--env.task is required"),
         (["--env.task=reach-v3"], "--policy.path: missing"),
-        (["reach-v3"], "expected a --name=value flag"),
+        (["reach-v3"], "unexpected argument 'reach-v3'"),
     ],
 )
 def test_bad_flags(argv: list[str], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        main(argv)
+    with pytest.raises(SmolVLAError, match=match):
+        eval_config(argv)
 
 
-def test_help(capsys: pytest.CaptureFixture) -> None:
-    assert main(["--help"]) == 0
-    assert "--eval.n_episodes" in capsys.readouterr().out
+def test_bad_flags_are_one_line_with_exit_2(capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["eval", "--policy.path=x", "--env.task=reach-v3", "--eval.n_episodes=many"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smolvla eval: error:") and "n_episodes" in err and len(err.splitlines()) == 1
 
 
 def test_a_worker_error_reaches_the_caller(ckpt: Path, tmp_path: Path) -> None:

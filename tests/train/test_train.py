@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from smolvla.apps.cli import parse
+from smolvla.errors import SmolVLAError
 from smolvla.policy import SmolVLAPolicy
-from smolvla.train import TrainConfig, TrainingError, parse_args, train
-from smolvla.train.config import FlagError
+from smolvla.train import TrainConfig, TrainingError, train
 from tests.data import synth
 
 # fp32: the equivalence checks are about float tolerance, not bf16 rounding (auto picks bf16 on some CPUs)
@@ -35,6 +36,13 @@ def dataset(tmp_path_factory) -> Path:
     feats = synth.features(size=16, cams=("camera1",))
     synth.write(root, [12, 9, 11], feats)
     return root
+
+
+def parse_args(argv: list[str]) -> TrainConfig:
+    """`smolvla train ARGV`'s config, as the command line builds it."""
+    command, cfg = parse(["train", *argv])
+    assert command == "train"
+    return cfg
 
 
 def run(dataset: Path, out: Path, *extra: str, stop_at: int | None = None) -> Path:
@@ -87,13 +95,28 @@ def test_resume_is_exact(dataset, tmp_path):
     straight = run(dataset, tmp_path / "a", *extra)
     stopped = run(dataset, tmp_path / "b", *extra, stop_at=3)
     assert (stopped / "checkpoints" / "last").resolve().name == "000003"
-    cfg = parse_args(
-        [f"--dataset.repo_id={dataset}", f"--output_dir={stopped}", *FLAGS, *extra, "--resume=true"]
-    )
+    # LeRobot's way: the output folder alone; the run's flags come from its last train_config.json
+    cfg = parse_args([f"--output_dir={stopped}", "--resume=true"])
+    assert cfg.dataset.repo_id == str(dataset) and cfg.steps == 9 and cfg.resume
     train(cfg, progress=False)
     a, b = weights(straight, 9), weights(stopped, 9)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def test_resume_from_a_config_file_with_overrides(dataset, tmp_path):
+    out = run(dataset, tmp_path / "run", "--steps=2", "--save_freq=100")
+    saved = out / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    cfg = parse_args([f"--config_path={saved}", "--resume=true", "--steps=3", "--log_freq=1"])
+    assert (cfg.steps, cfg.log_freq, cfg.output_dir) == (3, 1, str(out))
+    train(cfg, progress=False)
+    assert (out / "checkpoints" / "last").resolve().name == "000003"
+    # what makes it the same run cannot change, and the message names the flags
+    changed = parse_args([f"--output_dir={out}", "--resume=true", "--steps=4", "--batch_size=2", "--seed=9"])
+    with pytest.raises(TrainingError, match=r"cannot change --batch_size, --seed"):
+        train(changed, progress=False)
+    with pytest.raises(SmolVLAError, match="holds no checkpoint"):
+        parse_args([f"--output_dir={tmp_path / 'none'}", "--resume=true"])
 
 
 def test_ddp_two_processes_match_one(dataset, tmp_path):
@@ -111,7 +134,8 @@ def test_ddp_two_processes_match_one(dataset, tmp_path):
         "--nproc_per_node=2",
         "--master_port=29517",
         "-m",
-        "smolvla.train",
+        "smolvla.apps.cli",
+        "train",
         f"--dataset.repo_id={dataset}",
         f"--output_dir={out}",
         *FLAGS,
@@ -139,7 +163,7 @@ def test_refuses_to_mix_runs(dataset, tmp_path):
     run(dataset, tmp_path / "run", "--steps=1")
     with pytest.raises(TrainingError, match="already holds a run; pass --resume=true"):
         run(dataset, tmp_path / "run", "--steps=1")
-    with pytest.raises(TrainingError, match="holds no checkpoint"):
+    with pytest.raises(SmolVLAError, match="holds no checkpoint"):
         run(dataset, tmp_path / "empty", "--steps=1", "--resume=true")
 
 
@@ -157,7 +181,8 @@ def test_fine_tune_checks_features_and_suggests_rename_map(dataset, tmp_path, mi
     with pytest.raises(TrainingError, match=r"does not provide the checkpoint's cameras.*--rename_map"):
         train(cfg, progress=False)
     # with one camera allowed to be absent it fine-tunes; the state width comes from the dataset
-    out = train(dataclasses.replace(cfg, policy_overrides={"empty_cameras": "1"}), progress=False)
+    policy = dataclasses.replace(cfg.policy, overrides={"empty_cameras": "1"})
+    out = train(dataclasses.replace(cfg, policy=policy), progress=False)
     tuned = SmolVLAPolicy.from_pretrained(out / "checkpoints" / "last" / "pretrained_model")
     assert list(tuned.config.image_features) == ["observation.images.camera1", "observation.images.camera2"]
     assert tuned.config.state_feature.shape == (4,) and tuned.config.action_feature.shape == (3,)
@@ -196,12 +221,12 @@ def test_nan_loss_stops_with_step_and_episodes(dataset, tmp_path):
         ),
         (
             ["--dataset.repo_id=x", "--policy.preset=micro", "--dataset.augment_max_shift=1.5"],
-            "--dataset.augment_max_shift: got '1.5', expected an integer",
+            "dataset.augment_max_shift",
         ),
     ],
 )
 def test_bad_flags(argv, match):
-    with pytest.raises(FlagError, match=match):
+    with pytest.raises(SmolVLAError, match=match):
         parse_args(argv)
 
 
@@ -217,8 +242,8 @@ def test_config_file_and_flags(tmp_path):
             '--rename_map={"a": "b"}',
         ]
     )
-    assert cfg.policy_preset == "tiny" and cfg.steps == 7 and cfg.dataset.episodes == (0, 2)
-    assert cfg.rename_map == {"a": "b"} and cfg.policy_overrides == {"n_action_steps": "4"}
+    assert cfg.policy.preset == "tiny" and cfg.steps == 7 and cfg.dataset.episodes == (0, 2)
+    assert cfg.rename_map == {"a": "b"} and cfg.policy.overrides == {"n_action_steps": "4"}
     path = tmp_path / "train.json"
     path.write_text(json.dumps(cfg.to_dict()))
     again = parse_args([f"--config_path={path}", "--steps=9"])
@@ -254,7 +279,7 @@ def test_bf16_fine_tuning_under_ddp_keeps_the_frozen_weights_exactly(dataset, tm
     write_checkpoint("micro", None, tmp_path / "base")
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518"]
-    cmd += ["-m", "smolvla.train", f"--dataset.repo_id={dataset}", f"--output_dir={out}"]
+    cmd += ["-m", "smolvla.apps.cli", "train", f"--dataset.repo_id={dataset}", f"--output_dir={out}"]
     cmd += [f"--policy.path={tmp_path / 'base'}", "--policy.empty_cameras=1", "--precision=bf16"]
     cmd += ["--batch_size=2", "--steps=2", "--save_freq=100", "--num_workers=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -267,3 +292,30 @@ def test_bf16_fine_tuning_under_ddp_keeps_the_frozen_weights_exactly(dataset, tm
     assert frozen and trained
     assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in frozen)
     assert any(not torch.equal(after[k], before[k]) for k in trained)
+
+
+def test_evaluation_runs_on_its_own_schedule(tmp_path, monkeypatch):
+    """--eval_freq=2 with the default --save_freq evaluates at steps 2 and 4, checkpoints only at the end."""
+    pytest.importorskip("metaworld")
+    monkeypatch.setenv("MUJOCO_GL", "egl")  # the simulator workers render headless
+    monkeypatch.setattr(synth, "ACTION_DIM", 4)  # Meta-World's action
+    root = tmp_path / "ds"
+    synth.write(root, [12, 10], synth.features(size=32, cams=("camera1",)))
+    out = run(
+        root,
+        tmp_path / "run",
+        "--steps=4",
+        "--eval_freq=2",
+        "--log_freq=1",
+        "--env.type=metaworld",
+        "--env.task=reach-v3",
+        "--eval.n_episodes=1",
+        "--eval.workers=1",
+        "--env.max_episode_steps=5",
+    )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_success" in r] == [2, 4]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000004", "last"]
+    report = json.loads((out / "eval" / "000002" / "eval_report.json").read_text())
+    assert report["config"]["max_episode_steps"] == 5 and report["config"]["n_episodes"] == 1
+    assert not (out / "eval" / "000002" / "pretrained_model").exists()  # fed the simulator, then removed

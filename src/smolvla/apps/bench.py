@@ -1,10 +1,12 @@
-"""Speed and memory benchmarks (`smolvla bench`, `benchmarks/*.py`): random weights, this machine.
+"""Speed and memory benchmarks of the model (`smolvla bench matmul|inference|train|all`): random
+weights, this machine. (The data layer, the simulator and the server: bench_data, bench_sim,
+bench_serving.)
 
     smolvla bench matmul                                   # the machine's GEMM peak, per dtype
-    smolvla bench inference --preset base --cams 2 3 --mode reference fp32 bf16 int8
-    smolvla bench inference --cams 2 --mode int8 --image-size 384 --num-steps 5   # fewer tokens and steps
-    smolvla bench train --preset base --cams 2 --batch 4 --precision fp32 bf16
-    smolvla bench all --compare /path/to/lerobot-env/bin/python   # every figure of the README table
+    smolvla bench inference --policy.preset=base --cams 2 3 --mode reference fp32 bf16 int8
+    smolvla bench inference --cams 2 --mode int8 --image_size=384 --policy.num_steps=5  # fewer tokens, steps
+    smolvla bench train --policy.preset=base --cams=2 --batch_size=4 --precision fp32 bf16
+    smolvla bench all --compare=/path/to/lerobot-env/bin/python   # every figure of the README table
 
 Each case runs in its own process (so peak RSS is the case's alone) and prints one JSON line: warm-up,
 then the median (and min) of `--runs` timed runs, the split into stages, FLOP/s against the matmul
@@ -13,7 +15,7 @@ and during the timed runs only (LeRobot's script reports the latter). Inference 
 checkpoint written in LeRobot's layout (bf16 backbone and expert, fp32 projections), so every mode runs
 the same weights and each reports its action error against the fp32 reference on the same noise.
 
-`--compare PYTHON` also runs LeRobot's SmolVLA (its reference script, `--lerobot-script`) in that
+`--compare=PYTHON` also runs LeRobot's SmolVLA (its reference script, `--lerobot_script`) in that
 interpreter for the matching cases and prints its JSON lines and a ratio line beside ours.
 """
 
@@ -135,7 +137,7 @@ def _config(preset_name: str, cams: int | None, image_size: int | None = None, *
     shape = next(iter(cfg.image_features.values())).shape
     if image_size is not None:  # fewer (or more) vision tokens: the camera and the model's input size
         if image_size < 1:
-            raise BenchError(f"--image-size: got {image_size}, expected a positive number of pixels")
+            raise BenchError(f"--image_size: got {image_size}, expected a positive number of pixels")
         shape = (shape[0], image_size, image_size)
         overrides["resize_imgs_with_padding"] = (image_size, image_size)
         cams = cams or len(cfg.image_features)
@@ -454,11 +456,11 @@ def _check_compare(python: str | None, script: Path) -> None:
             "(build it with shared/tools/lerobot_reference/make_lerobot_env.sh)"
         )
     if not script.is_file():
-        raise BenchError(f"--lerobot-script: {script} does not exist (LeRobot's bench_smolvla_ref.py)")
+        raise BenchError(f"--lerobot_script: {script} does not exist (LeRobot's bench_smolvla_ref.py)")
     if not (script.parent / "smolvlm2_500m_config").is_dir():
         raise BenchError(
-            f"--lerobot-script: no smolvlm2_500m_config/ beside {script}; make_lerobot_env.sh writes it "
-            "there (run it, or point --lerobot-script at the copy where it ran)"
+            f"--lerobot_script: no smolvlm2_500m_config/ beside {script}; make_lerobot_env.sh writes it "
+            "there (run it, or point --lerobot_script at the copy where it ran)"
         )
 
 
@@ -499,7 +501,7 @@ def _random_checkpoint(out: Path, preset: str, cams: int | None, image_size: int
     args += [] if cams is None else ["--cams", str(cams)]
     _child(args + ([] if image_size is None else ["--image-size", str(image_size)]))
     if not (out / "model.safetensors").is_file():
-        raise BenchError(f"could not write the random checkpoint for --preset {preset} --cams {cams}")
+        raise BenchError(f"could not write the random checkpoint for --policy.preset={preset} --cams={cams}")
     return out
 
 
@@ -572,63 +574,74 @@ def run_train(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[s
     return out
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--threads", type=int, default=_default_threads(), help="intra-op threads (default: all cores)"
-    )
-    p.add_argument("--runs", type=int, default=5, help="timed runs after the warm-up (median reported)")
-    p.add_argument("--compare", metavar="PYTHON", help="also time LeRobot's SmolVLA with this interpreter")
-    p.add_argument(
-        "--lerobot-script", type=Path, default=DEFAULT_LEROBOT_SCRIPT, help="LeRobot's bench script"
-    )
-    p.add_argument("--no-matmul", action="store_true", help="skip measuring the GEMM peak first")
-
-
-def _image_size(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="camera and model input side in pixels (default: the preset's; base: 256 px cameras padded "
-        "to 512); fewer pixels, fewer vision tokens: (side / 64)^2 per camera for base",
-    )
-
-
 def _default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="smolvla bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="what", required=True)
-    m = sub.add_parser("matmul", help="GEMM peak per dtype")
-    m.add_argument("--threads", type=int, default=_default_threads())
-    i = sub.add_parser("inference", help="seconds per action chunk, per mode")
-    i.add_argument("--preset", default="base")
-    i.add_argument("--cams", type=int, nargs="+", default=[2])
-    i.add_argument("--mode", nargs="+", default=["reference", "fp32", "bf16", "int8"], help=str(INFER_MODES))
-    i.add_argument("--lang", type=int, default=48, help="language tokens")
-    i.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the preset's)")
-    _image_size(i)
-    _common(i)
-    t = sub.add_parser("train", help="seconds per training step")
-    t.add_argument("--preset", default="base")
-    t.add_argument("--cams", type=int, default=None, help="cameras (default: the preset's)")
-    t.add_argument("--batch", type=int, default=4)
-    t.add_argument("--lang", type=int, default=48, help="language tokens")
-    _image_size(t)
-    t.add_argument(
-        "--precision",
-        nargs="+",
-        default=["fp32", "bf16"],
-        help="as `smolvla train --precision`: fp32, or bf16 autocast with frozen parts stored in bf16",
-    )
-    _common(t)
-    a = sub.add_parser("all", help="every figure of the README's Speed table")
-    _common(a)
-    return p
+@dataclasses.dataclass(frozen=True)
+class BenchTrainPolicyConfig:
+    preset: str = "base"  # the preset built with random weights: base | tiny | micro
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchPolicyConfig(BenchTrainPolicyConfig):
+    num_steps: int | None = None  # denoising steps (None: the preset's)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchMatmulConfig:
+    """The machine's GEMM peak per dtype."""
+
+    threads: int = dataclasses.field(default_factory=_default_threads)  # intra-op threads (all cores)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchCommonConfig:
+    threads: int = dataclasses.field(default_factory=_default_threads)  # intra-op threads (all cores)
+    runs: int = 5  # timed runs after the warm-up (median reported)
+    compare: str | None = None  # also time LeRobot's SmolVLA with this python interpreter
+    lerobot_script: str = str(DEFAULT_LEROBOT_SCRIPT)  # LeRobot's bench script, for --compare
+    matmul: bool = True  # measure the GEMM peak first (FLOP/s are reported against it)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchInferenceConfig(BenchCommonConfig):
+    """Seconds per action chunk, per inference mode and camera count."""
+
+    policy: BenchPolicyConfig = dataclasses.field(default_factory=BenchPolicyConfig)
+    cams: tuple[int, ...] = (2,)  # camera counts, one case each (space-separated: --cams 2 3)
+    mode: tuple[str, ...] = INFER_MODES  # inference modes among reference, fp32, bf16, int8
+    lang: int = 48  # language tokens
+    # camera and model input side in pixels (None: the preset's; base: 256 px cameras padded to 512);
+    # fewer pixels, fewer vision tokens: (side / 64)^2 per camera for base
+    image_size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchTrainConfig(BenchCommonConfig):
+    """Seconds per training step, per precision."""
+
+    policy: BenchTrainPolicyConfig = dataclasses.field(default_factory=BenchTrainPolicyConfig)
+    cams: int | None = None  # cameras (None: the preset's)
+    batch_size: int = 4  # samples per training step
+    lang: int = 48  # language tokens
+    image_size: int | None = None  # camera and model input side in pixels (None: the preset's)
+    # as `smolvla train --precision`: fp32, or bf16 autocast with frozen parts stored in bf16
+    precision: tuple[str, ...] = TRAIN_PRECISIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchAllConfig(BenchCommonConfig):
+    """Every figure of the README's Speed table."""
+
+
+# (subcommand, summary, config) of `smolvla bench`
+CASES = (
+    ("matmul", "GEMM peak per dtype", BenchMatmulConfig),
+    ("inference", "seconds per action chunk, per mode", BenchInferenceConfig),
+    ("train", "seconds per training step", BenchTrainConfig),
+    ("all", "every figure of the README's Speed table", BenchAllConfig),
+)
 
 
 def _case_main(argv: list[str]) -> None:
@@ -664,85 +677,122 @@ def _case_main(argv: list[str]) -> None:
     print(json.dumps(rec), flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["_case"]:
-        _case_main(argv[1:])
-        return
-    a = parser().parse_args(argv)
-    if a.what == "matmul":
-        run_matmul(a.threads)
-        return
-    _check_compare(a.compare, a.lerobot_script)
-    peak = None if a.no_matmul else run_matmul(a.threads)
-    if a.what == "inference":
-        run_inference(a, peak)
-    elif a.what == "train":
-        run_train(a, peak)
-    else:  # the README table
-        common = dict(threads=a.threads, runs=a.runs, compare=a.compare, lerobot_script=a.lerobot_script)
-        run_inference(
-            argparse.Namespace(
-                preset="base",
-                cams=[2, 3],
-                mode=list(INFER_MODES),
-                lang=48,
-                num_steps=None,
-                image_size=None,
-                **common,
-            ),
-            peak,
-        )
-        run_inference(
-            argparse.Namespace(
-                preset="base", cams=[2], mode=["int8"], lang=48, num_steps=5, image_size=None, **common
-            ),
-            peak,
-        )
-        run_inference(  # fewer vision tokens: 36 per camera instead of 64 (a policy fine-tuned at 384 px)
-            argparse.Namespace(
-                preset="base", cams=[2, 3], mode=["int8"], lang=48, num_steps=None, image_size=384, **common
-            ),
-            peak,
-        )
-        run_train(
-            argparse.Namespace(
-                preset="base", cams=2, batch=4, lang=48, precision=["fp32", "bf16"], image_size=None, **common
-            ),
-            peak,
-        )
-        run_train(
-            argparse.Namespace(
-                preset="base", cams=2, batch=4, lang=48, precision=["bf16"], image_size=384, **common
-            ),
-            peak,
-        )
-        tiny = dict(common, compare=None)
-        run_inference(
-            argparse.Namespace(
-                preset="tiny",
-                cams=[1],
-                mode=["fp32", "int8"],
-                lang=24,
-                num_steps=None,
-                image_size=None,
-                **tiny,
-            ),
-            peak,
-        )
-        run_train(
-            argparse.Namespace(
-                preset="tiny",
-                cams=None,
-                batch=64,
-                lang=24,
-                precision=["fp32", "bf16"],
-                image_size=None,
-                **tiny,
-            ),
-            peak,
-        )
+def _namespace(cfg: BenchCommonConfig, **fields: Any) -> argparse.Namespace:
+    """The settings run_inference / run_train read."""
+    common = {
+        "threads": cfg.threads,
+        "runs": cfg.runs,
+        "compare": cfg.compare,
+        "lerobot_script": Path(cfg.lerobot_script),
+    }
+    return argparse.Namespace(**{**common, **fields})
 
 
-if __name__ == "__main__":
-    main()
+def run_command(cfg: Any) -> None:
+    """`smolvla bench <case>`: one JSON line per measurement."""
+    if isinstance(cfg, BenchMatmulConfig):
+        run_matmul(cfg.threads)
+        return
+    _check_compare(cfg.compare, Path(cfg.lerobot_script))
+    peak = run_matmul(cfg.threads) if cfg.matmul else None
+    if isinstance(cfg, BenchInferenceConfig):
+        run_inference(
+            _namespace(
+                cfg,
+                preset=cfg.policy.preset,
+                cams=list(cfg.cams),
+                mode=list(cfg.mode),
+                lang=cfg.lang,
+                num_steps=cfg.policy.num_steps,
+                image_size=cfg.image_size,
+            ),
+            peak,
+        )
+        return
+    if isinstance(cfg, BenchTrainConfig):
+        run_train(
+            _namespace(
+                cfg,
+                preset=cfg.policy.preset,
+                cams=cfg.cams,
+                batch=cfg.batch_size,
+                lang=cfg.lang,
+                precision=list(cfg.precision),
+                image_size=cfg.image_size,
+            ),
+            peak,
+        )
+        return
+    # the README table
+    common = dict(
+        threads=cfg.threads, runs=cfg.runs, compare=cfg.compare, lerobot_script=Path(cfg.lerobot_script)
+    )
+    run_inference(
+        argparse.Namespace(
+            preset="base",
+            cams=[2, 3],
+            mode=list(INFER_MODES),
+            lang=48,
+            num_steps=None,
+            image_size=None,
+            **common,
+        ),
+        peak,
+    )
+    run_inference(
+        argparse.Namespace(
+            preset="base", cams=[2], mode=["int8"], lang=48, num_steps=5, image_size=None, **common
+        ),
+        peak,
+    )
+    run_inference(  # fewer vision tokens: 36 per camera instead of 64 (a policy fine-tuned at 384 px)
+        argparse.Namespace(
+            preset="base", cams=[2, 3], mode=["int8"], lang=48, num_steps=None, image_size=384, **common
+        ),
+        peak,
+    )
+    run_train(
+        argparse.Namespace(
+            preset="base", cams=2, batch=4, lang=48, precision=["fp32", "bf16"], image_size=None, **common
+        ),
+        peak,
+    )
+    run_train(
+        argparse.Namespace(
+            preset="base", cams=2, batch=4, lang=48, precision=["bf16"], image_size=384, **common
+        ),
+        peak,
+    )
+    tiny = dict(common, compare=None)
+    run_inference(
+        argparse.Namespace(
+            preset="tiny",
+            cams=[1],
+            mode=["fp32", "int8"],
+            lang=24,
+            num_steps=None,
+            image_size=None,
+            **tiny,
+        ),
+        peak,
+    )
+    run_train(
+        argparse.Namespace(
+            preset="tiny",
+            cams=None,
+            batch=64,
+            lang=24,
+            precision=["fp32", "bf16"],
+            image_size=None,
+            **tiny,
+        ),
+        peak,
+    )
+
+
+if __name__ == "__main__":  # a case in its own process, started by _child (not a command: smolvla bench is)
+    if sys.argv[1:2] != ["_case"]:
+        sys.exit(
+            "usage: python -m smolvla.apps.bench _case ... (smolvla bench's children); use `smolvla bench`"
+        )
+    _case_main(sys.argv[2:])

@@ -1,247 +1,361 @@
-"""The `smolvla` command. Flags follow LeRobot's (`--policy.path=DIR`)."""
+"""The `smolvla` command: one registry of commands, each a config dataclass (its flags, parsed by
+draccus as LeRobot does) and the function that runs it.
+
+    smolvla train --policy.path=DIR --dataset.repo_id=DIR --steps=2000 --batch_size=8
+    smolvla train --output_dir=DIR --resume=true
+
+Every command answers `--help` and accepts `--config_path=FILE.json` (flags given beside override the
+file). Older spellings (`--batch-size`, positional folders) still work, each with one deprecation
+line on stderr. A SmolVLAError (bad input) prints as one line `smolvla <command>: error: ...` and
+exits 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
+import difflib
 import sys
-import time
-from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from smolvla.config import PRESETS, TASK, preset
-from smolvla.policy import SmolVLAPolicy
-from smolvla.processing import sample_observation, unit_stats
+from smolvla.apps import flags
+from smolvla.apps.flags import UsageError
+from smolvla.errors import SmolVLAError
 
 
-def parameter_report(policy: SmolVLAPolicy) -> dict[str, Any]:
-    """Parameter counts per part, total and trainable."""
-    m = policy.model
-    vlm = m.vlm_with_expert.vlm
-    parts = {
-        "vision_tower": vlm.model.vision_model,
-        "connector": vlm.model.connector,
-        "embed_tokens": vlm.model.text_model.embed_tokens,
-        "text_layers": vlm.model.text_model.layers,
-        "lm_head (unused)": vlm.lm_head,
-        "action_expert": m.vlm_with_expert.lm_expert,
+@dataclass(frozen=True)
+class Command:
+    """One `smolvla` command (or a group of subcommands, when `subcommands` is set)."""
+
+    name: str
+    summary: str  # one line, for `smolvla --help`
+    config: type | None = None  # the config dataclass: its fields are the flags
+    run: Callable[[Any], Any] | None = None
+    subcommands: tuple[Command, ...] = ()
+    # Deprecated spelling -> new one (`--json` -> `--json=true` for a former bare flag).
+    renames: Mapping[str, str] = field(default_factory=dict)
+    positional: str | None = None  # the flag a former positional argument (`info DIR`) now is
+    # argv rewriting after renames and before draccus, for what flags alone cannot say (train's resume)
+    prepare: Callable[[list[str]], list[str]] | None = None
+    epilog: str = ""
+
+    def sub(self, name: str) -> Command:
+        for c in self.subcommands:
+            if c.name == name:
+                return c
+        names = [c.name for c in self.subcommands]
+        close = difflib.get_close_matches(name, names, 1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"unknown subcommand {name!r}{hint}; expected one of {names}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The commands' run functions (the library does the work; these only connect config and output)
+
+
+def _run_train(cfg: Any) -> None:
+    from smolvla.train import train
+
+    train(cfg)
+
+
+def _train_prepare(argv: list[str]) -> list[str]:
+    """`--resume=true` without `--config_path`: the run's own config, from its last checkpoint."""
+    given = dict(a[2:].partition("=")[::2] for a in argv)
+    if given.get("resume", "false").lower() not in ("true", "1", "yes") or "config_path" in given:
+        return argv
+    from smolvla.train.state import PRETRAINED
+
+    if not given.get("output_dir"):
+        raise UsageError("--resume=true needs --output_dir=DIR (the run to continue) or --config_path")
+    path = Path(given["output_dir"]) / "checkpoints" / "last" / PRETRAINED / "train_config.json"
+    if not path.is_file():
+        raise UsageError(f"--resume=true: {given['output_dir']} holds no checkpoint ({path} is missing)")
+    return [f"--config_path={path}", *argv]
+
+
+def _run_eval(cfg: Any) -> None:
+    from smolvla.eval.metaworld import run_pipeline
+
+    run_pipeline(cfg)
+
+
+def _run_serve(cfg: Any) -> None:
+    from smolvla.serving.server import run_server
+
+    run_server(cfg)
+
+
+def _run_record(cfg: Any) -> None:
+    from smolvla.envs.record import run_record
+
+    run_record(cfg)
+
+
+def commands() -> tuple[Command, ...]:
+    """The registry. Configs are imported here, not at module import, so `smolvla --help` is quick."""
+    from smolvla.apps import bench, bench_data, bench_serving, bench_sim, deploy, quickstart, tools
+    from smolvla.envs.record import RecordPipelineConfig
+    from smolvla.eval.metaworld import EvalPipelineConfig
+    from smolvla.serving.server import ServeConfig
+    from smolvla.train.config import TrainConfig
+
+    bench_renames = {
+        "--batch": "--batch_size",
+        "--num-steps": "--policy.num_steps",
+        "--image-size": "--image_size",
+        "--no-matmul": "--matmul=false",
+        "--lerobot-script": "--lerobot_script",
+        "--preset": "--policy.preset",
     }
-    counts = {k: sum(p.numel() for p in v.parameters()) for k, v in parts.items()}
-    counts["projections"] = sum(
-        p.numel()
-        for mod in (
-            m.state_proj,
-            m.action_in_proj,
-            m.action_out_proj,
-            m.action_time_mlp_in,
-            m.action_time_mlp_out,
+    return (
+        Command(
+            "quickstart",
+            "record Meta-World demos, train the tiny preset, evaluate: the whole loop on a CPU",
+            quickstart.QuickstartConfig,
+            quickstart.run,
+            renames=quickstart.RENAMES,
+        ),
+        Command(
+            "train",
+            "train or fine-tune a policy: --policy.path=... --dataset.repo_id=... --steps=N",
+            TrainConfig,
+            _run_train,
+            renames={
+                "--dataset.image_transforms.enable": "--dataset.augment",
+                "--wandb": "--wandb.enable",
+                "--eval.max_episode_steps": "--env.max_episode_steps",
+            },
+            prepare=_train_prepare,
+            epilog=flags.policy_overrides_help(),
+        ),
+        Command(
+            "eval",
+            "evaluate a policy in Meta-World: success per task and bucket, chart, videos",
+            EvalPipelineConfig,
+            _run_eval,
+            renames={
+                "--env.difficulty": "--env.task",
+                "--eval.max_episode_steps": "--env.max_episode_steps",
+            },
+        ),
+        Command(
+            "bench",
+            "speed and memory here: s/chunk per inference mode, training step; --compare to LeRobot",
+            subcommands=(
+                *(
+                    Command(name, text, cfg, bench.run_command, renames=bench_renames)
+                    for name, text, cfg in bench.CASES
+                ),
+                Command(
+                    "data_loader",
+                    "recording and loading speed of the data layer, per camera size and video codec",
+                    bench_data.BenchDataLoaderConfig,
+                    bench_data.run,
+                ),
+                Command(
+                    "metaworld_fps",
+                    "frames per second of a Meta-World env with the scripted expert, per image size",
+                    bench_sim.BenchMetaWorldConfig,
+                    bench_sim.run,
+                ),
+                Command(
+                    "serving_load",
+                    "latency of the policy server under concurrent client processes",
+                    bench_serving.BenchServingConfig,
+                    bench_serving.run,
+                ),
+            ),
+        ),
+        Command(
+            "dataset",
+            "look at a dataset: info | show | stats --dataset.repo_id=DIR",
+            subcommands=(
+                Command(
+                    "info",
+                    "episodes, frames, fps, features, cameras, tasks, stats",
+                    tools.DatasetInfoConfig,
+                    tools.run_dataset_info,
+                    renames={"--json": "--json=true"},
+                    positional="dataset.repo_id",
+                ),
+                Command(
+                    "show",
+                    "an episode as MP4 (cameras + instruction) and a PNG of state/action",
+                    tools.DatasetShowConfig,
+                    tools.run_dataset_show,
+                    renames={"--episode": "--episode_index", "--output": "--output_path"},
+                    positional="dataset.repo_id",
+                ),
+                Command(
+                    "stats",
+                    "recompute meta/stats.json from the data",
+                    tools.DatasetStatsConfig,
+                    tools.run_dataset_stats,
+                    positional="dataset.repo_id",
+                ),
+            ),
+        ),
+        Command(
+            "record",
+            "record demonstrations into a LeRobotDataset: record metaworld --env.task=... --dataset.root=DIR",
+            subcommands=(
+                Command(
+                    "metaworld",
+                    "Meta-World's scripted experts, successful episodes only",
+                    RecordPipelineConfig,
+                    _run_record,
+                    renames={
+                        "--tasks": "--env.task",
+                        "--difficulty": "--env.task",
+                        "--episodes": "--dataset.num_episodes",
+                        "--image-size": "--env.image_size",
+                        "--output": "--dataset.root",
+                        "--workers": "--num_workers",
+                        "--max-episode-steps": "--env.max_episode_steps",
+                        "--video-codec": "--dataset.video_codec",
+                    },
+                ),
+            ),
+        ),
+        Command(
+            "serve",
+            "serve a policy over WebSocket (openpi's protocol): --policy.path=DIR --port=8000",
+            ServeConfig,
+            _run_serve,
+            renames={
+                "--max-message-mb": "--max_message_mb",
+                "--idle-timeout": "--idle_timeout",
+                "--log-level": "--log_level",
+                "--api-key-env": "--api_key_env",
+                "--rtc": "--rtc.enabled=true",
+            },
+        ),
+        Command(
+            "deploy",
+            "drive the Meta-World robot through the server in real time: deploy sim --mode=sync,async",
+            subcommands=(
+                Command(
+                    "sim",
+                    "the Meta-World robot, driven by the robot client against a policy server",
+                    deploy.DeployConfig,
+                    deploy.run_command,
+                    renames={"--episodes": "--n_episodes", "--video": "--video=true"},
+                ),
+            ),
+        ),
+        Command(
+            "info",
+            "describe a checkpoint: features, cameras, parameters, dtypes",
+            tools.InfoConfig,
+            tools.run_info,
+            renames={"--json": "--json=true"},
+            positional="policy.path",
+        ),
+        Command(
+            "demo",
+            "run a policy on a sample observation and print its action chunk",
+            tools.DemoConfig,
+            tools.run_demo,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _resolve(argv: list[str]) -> tuple[Command, str, list[str]]:
+    """The command argv names, its full name ("dataset info") and the rest of argv."""
+    if not argv or argv[0].startswith("-"):
+        raise UsageError("expected a command; see `smolvla --help`")
+    registry = {c.name: c for c in commands()}
+    if argv[0] not in registry:
+        close = difflib.get_close_matches(argv[0], list(registry), 1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"unknown command {argv[0]!r}{hint}; see `smolvla --help`")
+    cmd, name, rest = registry[argv[0]], argv[0], argv[1:]
+    while cmd.subcommands and rest and not rest[0].startswith("-"):
+        cmd, name, rest = cmd.sub(rest[0]), f"{name} {rest[0]}", rest[1:]
+    return cmd, name, rest
+
+
+def _wants_help(rest: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in rest)
+
+
+def _build(cmd: Command, name: str, rest: list[str]) -> Any:
+    if cmd.subcommands:
+        names = "|".join(c.name for c in cmd.subcommands)
+        raise UsageError(f"expected a subcommand: smolvla {name} {names}")
+    assert cmd.config is not None
+    if cmd.positional and rest and not rest[0].startswith("-"):
+        print(
+            f"smolvla {name}: a positional {rest[0]!r} is deprecated, use --{cmd.positional}={rest[0]}",
+            file=sys.stderr,
         )
-        for p in mod.parameters()
-    )
-    return {
-        "total": sum(p.numel() for p in policy.parameters()),
-        "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
-        "parts": counts,
-    }
+        rest = [f"--{cmd.positional}={rest[0]}", *rest[1:]]
+    argv = flags.normalize(flags.rename(rest, cmd.renames, name), cmd.config, name)
+    if cmd.prepare is not None:
+        argv = cmd.prepare(argv)
+    return flags.parse_config(cmd.config, argv, f"smolvla {name}")
 
 
-def info(path: str, as_json: bool = False) -> dict[str, Any]:
-    policy = SmolVLAPolicy.from_pretrained(path)
-    cfg = policy.config
-    dtypes = Counter(str(d).removeprefix("torch.") for d in policy._file_dtypes.values())
-    folder = policy.pretrained_path
-    processors = sorted(p.name for p in folder.glob("policy_*processor*")) if folder else []
-    report = {
-        "checkpoint": str(folder),
-        "vlm_model_name": cfg.vlm_model_name,
-        "cameras": {k: list(f.shape) for k, f in cfg.image_features.items()},
-        "state": list(cfg.state_feature.shape) if cfg.state_feature else None,
-        "action": list(cfg.action_feature.shape),
-        "chunk_size": cfg.chunk_size,
-        "n_action_steps": cfg.n_action_steps,
-        "num_steps": cfg.num_steps,
-        "layers": {"vlm": cfg.num_vlm_layers, "expert": cfg.n_expert_layers},
-        "normalization": {k: v.value for k, v in cfg.normalization_mapping.items()},
-        "parameters": parameter_report(policy),
-        "file_dtypes": dict(dtypes),
-        "processor_files": processors,
-    }
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return report
-    print(f"SmolVLA checkpoint {report['checkpoint']}")
-    print(
-        f"  backbone      {cfg.vlm_model_name} ({cfg.num_vlm_layers} layers kept), "
-        f"expert {cfg.n_expert_layers} layers"
-    )
-    for k, shape in report["cameras"].items():
-        print(f"  camera        {k} {shape}")
-    print(f"  state         {report['state']}   action {report['action']}")
-    print(
-        f"  chunk         {cfg.chunk_size} actions, {cfg.n_action_steps} executed per call, "
-        f"{cfg.num_steps} denoising steps"
-    )
-    par = report["parameters"]
-    print(f"  parameters    {par['total']:,} total, {par['trainable']:,} trainable")
-    for k, n in par["parts"].items():
-        print(f"    {k:<18}{n:>14,}")
-    print(f"  file dtypes   {dict(dtypes)}")
-    print(f"  processors    {', '.join(processors) or 'none (make them with the dataset stats)'}")
-    return report
+def parse(argv: list[str]) -> tuple[str, Any]:
+    """(command name, its config) for a command line, without running anything (`--help` excepted:
+    it has nothing to build, so it raises UsageError)."""
+    cmd, name, rest = _resolve(list(argv))
+    if _wants_help(rest):
+        raise UsageError("--help builds no config")
+    return name, _build(cmd, name, rest)
 
 
-def demo(policy_path: str | None, preset_name: str, seed: int, device: str) -> torch.Tensor:
-    """Runs a policy end to end on a sample observation: raw frames -> preprocessor -> chunk -> actions."""
-    from smolvla.processing import make_pre_post_processors
-
-    torch.manual_seed(seed)
-    if policy_path:
-        policy = SmolVLAPolicy.from_pretrained(policy_path, device=device)
-        pre, post = make_pre_post_processors(policy.config, pretrained_path=policy_path, device=device)
-        source = policy_path
-    else:
-        cfg = dataclasses.replace(preset(preset_name), load_vlm_weights=False)
-        policy = SmolVLAPolicy.from_config(cfg).to(device).eval()
-        pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg), device=device)
-        source = f"preset '{preset_name}', random weights (untrained: the actions are noise-shaped)"
-    cfg = policy.config
-    obs = sample_observation(cfg, seed)
-    t0 = time.perf_counter()
-    batch = pre(obs)
-    chunk = policy.predict_action_chunk(batch)
-    actions = post(chunk)[0]  # (chunk_size, action_dim)
-    dt = time.perf_counter() - t0
-    print(f"policy: {source}")
-    cams = [f"{k} {v.shape}" for k, v in obs.items() if k.startswith("observation.images")]
-    print(f"observation: cameras {cams}")
-    print(f"task: {obs[TASK]!r}")
-    print(f"action chunk {tuple(actions.shape)} in {dt:.3f} s ({cfg.num_steps} denoising steps):")
-    np.set_printoptions(precision=3, suppress=True, linewidth=120)
-    rows = actions.numpy()
-    for i in list(range(min(5, len(rows)))) + ([len(rows) - 1] if len(rows) > 5 else []):
-        print(f"  t={i:>3}  {rows[i]}")
-    return actions
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolvla", description="SmolVLA: train, evaluate and run VLA policies.")
-    sub = p.add_subparsers(dest="command", required=True)
-    i = sub.add_parser("info", help="describe a checkpoint: features, cameras, parameters, dtypes")
-    i.add_argument("checkpoint", help="checkpoint folder or hub repo id")
-    i.add_argument("--json", action="store_true", help="print JSON")
-    d = sub.add_parser("demo", help="run a policy on a sample observation and print its action chunk")
-    d.add_argument("--policy.path", dest="policy_path", help="checkpoint folder or hub repo id")
-    d.add_argument(
-        "--policy.preset",
-        dest="preset",
-        default="tiny",
-        choices=sorted(PRESETS),
-        help="preset to build with random weights when no path is given",
-    )
-    d.add_argument("--policy.device", dest="device", default="cpu")
-    d.add_argument("--seed", type=int, default=0)
-    for name, (_, text) in PASSTHROUGH.items():  # listed in --help; their own parsers take the flags
-        sub.add_parser(name, help=text, add_help=False)
-    return p
-
-
-def _record(argv: list[str]) -> None:
-    if argv[:1] != ["metaworld"]:
-        raise ValueError(f"record: got source {argv[:1]}, expected `smolvla record metaworld ...`")
-    from smolvla.envs.record import main as record_main
-
-    record_main(argv[1:])
-
-
-def _dataset(argv: list[str]) -> None:
-    from smolvla.data.tools import main as dataset_main
-
-    dataset_main(argv)
-
-
-def _quickstart(argv: list[str]) -> None:
-    from smolvla.apps.quickstart import main as quickstart_main
-
-    quickstart_main(argv)
-
-
-def _serve(argv: list[str]) -> None:
-    from smolvla.serving.server import main as serve_main
-
-    serve_main(argv)
-
-
-def _deploy(argv: list[str]) -> None:
-    from smolvla.apps.deploy import main as deploy_main
-
-    deploy_main(argv)
-
-
-def _train(argv: list[str]) -> None:
-    from smolvla.train.loop import main as train_main
-
-    train_main(argv)
-
-
-def _eval(argv: list[str]) -> None:
-    from smolvla.eval import main as eval_main
-
-    eval_main(argv)
-
-
-def _bench(argv: list[str]) -> None:
-    from smolvla.apps.bench import main as bench_main
-
-    bench_main(argv)
-
-
-# Commands with LeRobot-style `--a.b=value` flags (argparse would mangle them): argv goes straight through.
-PASSTHROUGH = {
-    "quickstart": (
-        _quickstart,
-        "record Meta-World demos, train the tiny preset, evaluate: the whole loop on a CPU",
-    ),
-    "train": (_train, "train or fine-tune a policy: --policy.path=... --dataset.repo_id=... --steps=N"),
-    "eval": (_eval, "evaluate a policy in Meta-World: success per task and bucket, chart, videos"),
-    "bench": (
-        _bench,
-        "speed and memory here: s/chunk per inference mode, training step; --compare to LeRobot",
-    ),
-    "dataset": (_dataset, "look at a dataset: info DIR | show DIR --episode K --output F.mp4 | stats DIR"),
-    "record": (
-        _record,
-        "record demonstrations into a LeRobotDataset: record metaworld --tasks ... --output DIR",
-    ),
-    "serve": (_serve, "serve a policy over WebSocket (openpi's protocol): --policy.path=DIR --port 8000"),
-    "deploy": (
-        _deploy,
-        "drive the Meta-World robot through the server in real time: deploy sim --mode sync,async",
-    ),
-}
+def help_text(argv: list[str]) -> str:
+    """`smolvla [command [subcommand]] --help`."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        width = max(len(c.name) for c in commands())
+        lines = [f"  {c.name:<{width}}  {c.summary}" for c in commands()]
+        return (
+            "usage: smolvla <command> [--flag=value ...]   (smolvla <command> --help: its flags)\n\n"
+            "SmolVLA: record, train, evaluate, serve and benchmark VLA policies.\n\ncommands:\n"
+            + "\n".join(lines)
+            + "\n\nEvery command accepts --config_path=FILE.json; flags given beside it override the file.\n"
+        )
+    cmd, name, _ = _resolve(words[:1] + [a for a in argv[1:] if not a.startswith("-")][:1])
+    if cmd.subcommands:
+        width = max(len(c.name) for c in cmd.subcommands)
+        lines = [f"  {c.name:<{width}}  {c.summary}" for c in cmd.subcommands]
+        return f"usage: smolvla {name} <subcommand> [--flag=value ...]\n\n{cmd.summary}\n\n" + "\n".join(
+            lines
+        )
+    assert cmd.config is not None
+    notes = cmd.epilog
+    if cmd.renames or cmd.positional:
+        old = [f"{k} -> {v}" for k, v in cmd.renames.items() if k != v]
+        if cmd.positional:
+            old.append(f"positional argument -> --{cmd.positional}")
+        notes += "\n\nDeprecated spellings (still accepted): " + ", ".join(old)
+    return flags.help_text(cmd.config, f"smolvla {name}", cmd.summary, notes.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] and argv[0] in PASSTHROUGH:
-        run, _ = PASSTHROUGH[argv[0]]
-        try:
-            run(argv[1:])
-        except (ValueError, FileNotFoundError, RuntimeError) as e:  # ours say what is wrong
-            print(f"smolvla {argv[0]}: error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    args = _parser().parse_args(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(help_text([]))
+        return 0 if argv else 2
+    name = argv[0]
     try:
-        if args.command == "info":
-            info(args.checkpoint, args.json)
-        elif args.command == "demo":
-            demo(args.policy_path, args.preset, args.seed, args.device)
-    except (ValueError, FileNotFoundError) as e:  # our errors say what is wrong: show them, not a traceback
-        print(f"smolvla {args.command}: error: {e}", file=sys.stderr)
+        cmd, name, rest = _resolve(argv)
+        if _wants_help(rest):
+            print(help_text(argv))
+            return 0
+        cfg = _build(cmd, name, rest)
+        assert cmd.run is not None
+        cmd.run(cfg)
+    except SmolVLAError as e:  # bad input, explained in the message: one line, no traceback
+        print(f"smolvla {name}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

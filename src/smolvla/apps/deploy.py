@@ -1,31 +1,32 @@
 """`smolvla deploy sim`: the Meta-World robot driven in real time by the robot client against a policy
 server, synchronously or asynchronously, measured.
 
-    smolvla deploy sim --policy.path=DIR --env.task=drawer-close-v3 --mode sync,async --fps 30 \\
-        --latency 1.0 --episodes 3 --output_dir outputs/deploy
+    smolvla deploy sim --policy.path=DIR --env.task=drawer-close-v3 --mode=sync,async --fps=30 \\
+        --latency=1.0 --n_episodes=3 --output_dir=outputs/deploy
 
 Each variant (`sync`, `async`, `async+rtc`) runs the same episodes (task x seed). The server is a
-separate `smolvla serve` process on loopback (one per RTC setting), or `--server URL`. `--latency S`
+separate `smolvla serve` process on loopback (one per RTC setting), or `--server=URL`. `--latency=S`
 pads every inference on the server to at least S seconds: it stands in for a slower model or device
 (the full-size SmolVLA takes about 1-4 s per chunk on consumer hardware; the tiny checkpoints here take
-tens of milliseconds), so the comparison holds for them too. `--latency auto` uses the real inference
+tens of milliseconds), so the comparison holds for them too. `--latency=auto` uses the real inference
 time.
 
 Per episode: success, task completion time (wall clock from the first tick to success or the end),
 executed actions per second, ticks the robot waited with an empty queue, and the action jumps at chunk
 boundaries versus steps inside a chunk (what RTC should remove). Writes `deploy_report.json` and, with
-`--video`, one MP4 per variant of its first episode.
+`--video=true`, one MP4 per variant of its first episode.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from smolvla.serving.client import (
     RobotClientConfig,
 )
 from smolvla.serving.robot import MetaWorldRobot
+from smolvla.serving.server import ServePolicyConfig
 
 VARIANTS = ("sync", "async", "async+rtc")
 
@@ -76,12 +78,13 @@ class ServerProcess:
             "smolvla.apps.cli",
             "serve",
             f"--policy.path={policy_path}",
-            "--port",
-            "0",
+            "--port=0",
+            f"--latency={latency}",
+            "--log_level=WARNING",
+            *(extra or []),
         ]
-        cmd += ["--latency", str(latency), "--log-level", "WARNING", *(extra or [])]
         if rtc:
-            cmd.append("--rtc")
+            cmd.append("--rtc.enabled=true")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -187,71 +190,79 @@ def parse_latency(v: str) -> float:
     return s
 
 
-def parser() -> argparse.ArgumentParser:
-    from smolvla.serving.server import add_speed_flags  # the server's own flags, passed through to it
-
-    p = argparse.ArgumentParser(prog="smolvla deploy sim", description=__doc__.split("\n\n")[0])
-    p.add_argument("target", choices=["sim"], help="what to drive: the Meta-World simulated robot")
-    p.add_argument("--policy.path", dest="policy_path", required=True)
-    add_speed_flags(p)
-    p.add_argument("--env.task", dest="tasks", required=True, help="Meta-World task(s), comma-separated")
-    p.add_argument(
-        "--env.image_size", dest="image_size", type=int, default=None, help="default: the policy's"
-    )
-    p.add_argument("--env.max_episode_steps", dest="max_episode_steps", type=int, default=400)
-    p.add_argument("--mode", default="sync,async", help=f"comma-separated variants of {list(VARIANTS)}")
-    p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--latency", default="auto", help="'auto' (real inference time) or seconds per chunk")
-    p.add_argument("--episodes", type=int, default=3, help="per task")
-    p.add_argument("--seed", type=int, default=EVAL_SEED_BASE)
-    p.add_argument("--chunk_size_threshold", type=float, default=0.5)
-    p.add_argument("--aggregate", default="weighted_average", choices=list(AGGREGATE_FUNCTIONS))
-    p.add_argument("--similarity_atol", type=float, default=0.01)
-    p.add_argument(
-        "--server", default=None, help="a running server's URL (its own --latency and --rtc apply)"
-    )
-    p.add_argument("--output_dir", default="outputs/deploy")
-    p.add_argument("--video", action="store_true", help="an MP4 of each variant's first episode")
-    return p
+@dataclass(frozen=True)
+class DeployEnvConfig:
+    task: str | None = None  # Meta-World task(s), comma-separated
+    image_size: int | None = None  # rendered camera side (None: the policy's)
+    max_episode_steps: int = 400  # an episode not done by then counts as failed
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DeployConfig:
+    """The Meta-World robot driven in real time by the robot client against a policy server."""
+
+    policy: ServePolicyConfig = field(default_factory=ServePolicyConfig)
+    env: DeployEnvConfig = field(default_factory=DeployEnvConfig)
+    mode: str = "sync,async"  # comma-separated variants among sync, async, async+rtc
+    fps: float = 30.0  # the robot's control rate
+    latency: str = "auto"  # 'auto' (real inference time) or seconds per chunk the server pads to
+    n_episodes: int = 3  # per task
+    seed: int = EVAL_SEED_BASE  # seed of each task's first episode
+    chunk_size_threshold: float = 0.5  # async: ask for a new chunk when this fraction of the queue is left
+    aggregate: str = "weighted_average"  # how overlapping chunks merge: one of AGGREGATE_FUNCTIONS
+    similarity_atol: float = 0.01  # observations closer than this are not sent again
+    server: str | None = None  # a running server's URL (its own --latency and --rtc apply)
+    output_dir: str = "outputs/deploy"  # deploy_report.json and the videos
+    video: bool = False  # an MP4 of each variant's first episode
+
+
+def run_command(args: DeployConfig) -> dict[str, Any]:
+    """Runs every variant on every task's episodes, prints the table; returns the report."""
     from tqdm import tqdm
 
     from smolvla.envs.metaworld import tasks_for
     from smolvla.io import write_json
 
-    args = parser().parse_args(argv)
+    if not args.policy.path:
+        raise ConfigError("--policy.path is required: a checkpoint folder or hub repo id")
+    if not args.env.task:
+        raise ConfigError("--env.task is required: Meta-World task(s), comma-separated")
+    if args.aggregate not in AGGREGATE_FUNCTIONS:
+        raise ConfigError(f"--aggregate: got {args.aggregate!r}, expected one of {list(AGGREGATE_FUNCTIONS)}")
     variants = parse_variants(args.mode)
     latency = parse_latency(args.latency)
-    tasks = tasks_for(args.tasks)
-    if args.episodes < 1:
-        raise ConfigError(f"--episodes: got {args.episodes}, expected a positive integer")
+    tasks = tasks_for(args.env.task)
+    if args.n_episodes < 1:
+        raise ConfigError(f"--n_episodes: got {args.n_episodes}, expected a positive integer")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    image_size = args.image_size
+    image_size = args.env.image_size
     if image_size is None:
         from smolvla.config import SmolVLAConfig
         from smolvla.hub import resolve_dir
 
-        cfg = SmolVLAConfig.load(resolve_dir(args.policy_path, allow_patterns=["*.json"]) / "config.json")
+        cfg = SmolVLAConfig.load(resolve_dir(args.policy.path, allow_patterns=["*.json"]) / "config.json")
         image_size = next(iter(cfg.image_features.values())).shape[1]
 
     policy_flags = [
         f"--policy.{name}={value}"
-        for name, value in (("num_steps", args.num_steps), ("inference_mode", args.inference_mode))
+        for name, value in (
+            ("device", args.policy.device),
+            ("num_steps", args.policy.num_steps),
+            ("inference_mode", args.policy.inference_mode),
+        )
         if value is not None
     ]
     servers: dict[bool, Any] = {}
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    robots = {t: MetaWorldRobot(t, image_size, args.max_episode_steps) for t in tasks}
-    total = len(variants) * len(tasks) * args.episodes
+    robots = {t: MetaWorldRobot(t, image_size, args.env.max_episode_steps) for t in tasks}
+    total = len(variants) * len(tasks) * args.n_episodes
     try:
         with tqdm(total=total, desc="deploy sim", unit="episode") as bar:
             for variant in variants:
                 rtc = variant == "async+rtc"
                 if args.server is None and rtc not in servers:
-                    servers[rtc] = ServerProcess(args.policy_path, latency, rtc, policy_flags)
+                    servers[rtc] = ServerProcess(args.policy.path, latency, rtc, policy_flags)
                 url = args.server or servers[rtc].url
                 with PolicyClient(url) as policy:
                     for task, robot in robots.items():
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             similarity_atol=args.similarity_atol,
                             mode="sync" if variant == "sync" else "async",
                         )
-                        for i in range(args.episodes):
+                        for i in range(args.n_episodes):
                             frames: list | None = [] if (args.video and i == 0) else None
                             row = run_episode(robot, policy, config, args.seed + i, frames)
                             results[variant].append({"task": task, **row})
@@ -277,8 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in robots.values():
             r.disconnect()
     report = {
-        "command": "smolvla deploy " + " ".join(argv if argv is not None else sys.argv[2:]),
-        "policy_path": args.policy_path,
+        "config": dataclasses.asdict(args),
+        "policy_path": args.policy.path,
         "tasks": tasks,
         "fps": args.fps,
         "latency": args.latency,

@@ -1,16 +1,12 @@
 """Looking at a dataset before training on it: `smolvla dataset info | show | stats`.
 
-smolvla dataset info DIR                               episodes, frames, features, cameras, tasks, stats
-smolvla dataset show DIR --episode K --output ep.mp4   cameras side by side with the instruction,
-                                                       and ep.png: state and action over time
-smolvla dataset stats DIR                              recompute meta/stats.json from the data
+`info`: episodes, frames, features, cameras, tasks, stats; `show`: an episode's cameras side by side
+with the instruction (MP4), and its state and action over time (PNG); `recompute_stats`: rewrite
+meta/stats.json from the data.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +134,7 @@ def show(root: str | Path, episode: int, output: str | Path) -> tuple[Path, Path
 
     meta = LeRobotDatasetMeta.load(root)
     if not 0 <= episode < meta.total_episodes:
-        raise DatasetError(f"--episode: got {episode}, expected 0..{meta.total_episodes - 1}")
+        raise DatasetError(f"--episode_index: got {episode}, expected 0..{meta.total_episodes - 1}")
     ep = meta.episodes[episode]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -207,34 +203,3 @@ def recompute_stats(root: str | Path, progress: bool = True) -> dict[str, Any]:
     result = stats_to_json(aggregate_stats(per_episode))
     write_json(Path(meta.root) / STATS_PATH, result, indent=4)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="smolvla dataset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="action", required=True)
-    i = sub.add_parser("info", help="episodes, frames, fps, features, cameras, tasks, stats")
-    i.add_argument("root")
-    i.add_argument("--json", action="store_true")
-    s = sub.add_parser("show", help="an episode as MP4 (cameras + instruction) and a PNG of state/action")
-    s.add_argument("root")
-    s.add_argument("--episode", type=int, default=0)
-    s.add_argument("--output", type=Path, required=True)
-    st = sub.add_parser("stats", help="recompute meta/stats.json from the data")
-    st.add_argument("root")
-    args = p.parse_args(argv)
-    if args.action == "info":
-        summary = info(args.root)
-        print(json.dumps(summary, indent=2)) if args.json else print_info(summary)
-    elif args.action == "show":
-        mp4, png = show(args.root, args.episode, args.output)
-        print(f"wrote {mp4} and {png}")
-    else:
-        recompute_stats(args.root)
-        print(f"wrote {Path(args.root) / STATS_PATH}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

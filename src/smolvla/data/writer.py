@@ -95,7 +95,7 @@ from smolvla.data.video import (
     encoder_name,
 )
 
-# Measured on Meta-World renders (corner2 camera, 224x224 and 128x128; benchmarks/data_loader.py): H.264
+# Measured on Meta-World renders (corner2 camera, 224x224 and 128x128; `smolvla bench data_loader`): H.264
 # at crf 23 matches AV1 at crf 30 (LeRobot's default) in quality (PSNR 33.2 vs 33.3 dB at 224 px),
 # decodes random frames 1.4-1.6x faster (790 vs 480 frames/s at 224 px on one core), feeds a 2-worker
 # DataLoader ~1.2x faster, and makes files ~1/3 smaller; recording speed is the same.

@@ -139,10 +139,10 @@ DIFFICULTY: dict[str, list[str]] = {
 }
 
 
-def _unknown(what: str, name: object, valid: list[str], expected: str) -> ValueError:
+def _unknown(what: str, name: object, valid: list[str], expected: str) -> EnvError:
     close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.0)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"{what}: got {name!r}, expected {expected}{hint}")
+    return EnvError(f"{what}: got {name!r}, expected {expected}{hint}")
 
 
 def tasks_for(spec: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Records Meta-World's scripted experts into a LeRobotDataset v3.0.
 
-    smolvla record metaworld --tasks reach-v3,drawer-close-v3 --episodes 40 --image-size 128 --output DIR
+    smolvla record metaworld --env.task=reach-v3,drawer-close-v3 --dataset.num_episodes=40 \\
+        --env.image_size=128 --dataset.root=DIR
 
 Worker processes (one per core) run the experts: each reads jobs `{task, seed}` as JSON lines on
 stdin, renders the episode, writes its frames to a safetensors file and answers with a JSON line. The
@@ -13,7 +14,6 @@ seed order. Evaluation should use seeds outside [seed, seed + tries) (see `EVAL_
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -155,15 +155,8 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     render_seconds = 0.0
     report: dict[str, Any] = {"tasks": {}}
     with tempfile.TemporaryDirectory(prefix="smolvla-record-") as tmp:
-        args = [
-            "--worker",
-            "--image-size",
-            str(cfg.image_size),
-            "--max-episode-steps",
-            str(cfg.max_episode_steps),
-            "--out",
-            tmp,
-        ]
+        spec = {"image_size": cfg.image_size, "max_episode_steps": cfg.max_episode_steps, "out_dir": tmp}
+        args = ["--worker", json.dumps(spec)]
         workers = [Worker("smolvla.envs.record", args, answers) for _ in range(cfg.workers)]
         pending = deque(cfg.tasks)  # tasks still recording, in order
         bar = tqdm(total=cfg.episodes * len(cfg.tasks), unit="ep", desc="recording", disable=not progress)
@@ -270,43 +263,64 @@ def _task_report(st: _TaskState, cfg: RecordConfig) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="smolvla record metaworld")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument(
-        "--tasks", help="comma-separated task names, or a difficulty: easy|medium|hard|very_hard|all"
-    )
-    p.add_argument("--difficulty", help="easy|medium|hard|very_hard|all (instead of --tasks)")
-    p.add_argument("--episodes", type=int, default=20, help="successful episodes per task")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--output", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--max-episode-steps", type=int, default=500)
-    p.add_argument("--video-codec", default=None)
-    args = p.parse_args(argv)
-    if args.worker:
-        worker_main(args.image_size, args.max_episode_steps, Path(args.out))
-        return
-    spec = args.tasks or args.difficulty
-    if not spec or (args.tasks and args.difficulty):
-        p.error("give exactly one of --tasks or --difficulty")
-    if args.output is None:
-        p.error("--output is required")
-    cfg = RecordConfig(
-        tasks=tuple(tasks_for(spec)),
-        episodes=args.episodes,
-        output=args.output,
-        image_size=args.image_size,
-        seed=args.seed,
-        max_episode_steps=args.max_episode_steps,
-        video_codec=args.video_codec,
-        **({"workers": args.workers} if args.workers else {}),
-    )
-    report = record(cfg)
+def _default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class RecordEnvConfig:
+    # comma-separated Meta-World tasks, or a difficulty: easy|medium|hard|very_hard|all
+    task: str | None = None
+    image_size: int = 128  # rendered camera side in pixels
+    max_episode_steps: int = 500  # an expert episode not done by then is dropped
+
+
+@dataclass(frozen=True)
+class RecordDatasetConfig:
+    root: str | None = None  # the dataset folder to write
+    num_episodes: int = 20  # successful episodes per task
+    video_codec: str | None = None  # None: the writer's default
+
+
+@dataclass(frozen=True)
+class RecordPipelineConfig:
+    """Record Meta-World's scripted experts into a LeRobotDataset (successful episodes only)."""
+
+    env: RecordEnvConfig = field(default_factory=RecordEnvConfig)
+    dataset: RecordDatasetConfig = field(default_factory=RecordDatasetConfig)
+    seed: int = 0  # first seed tried for every task
+    num_workers: int = field(default_factory=_default_workers)  # simulator processes
+
+    def record_config(self) -> RecordConfig:
+        if not self.env.task:
+            raise EnvError(
+                "--env.task is required: tasks (T1,T2) or a difficulty: easy|medium|hard|very_hard|all"
+            )
+        if not self.dataset.root:
+            raise EnvError("--dataset.root is required: the dataset folder to write")
+        return RecordConfig(
+            tasks=tuple(tasks_for(self.env.task)),
+            episodes=self.dataset.num_episodes,
+            output=Path(self.dataset.root),
+            image_size=self.env.image_size,
+            seed=self.seed,
+            workers=self.num_workers,
+            max_episode_steps=self.env.max_episode_steps,
+            video_codec=self.dataset.video_codec,
+        )
+
+
+def run_record(cfg: RecordPipelineConfig) -> dict[str, Any]:
+    """Records and prints the report (without the per-task details) as one JSON line."""
+    report = record(cfg.record_config())
     print(json.dumps({k: v for k, v in report.items() if k != "tasks"}))
+    return report
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a recording worker, started by record()
+    if sys.argv[1:2] != ["--worker"] or len(sys.argv) != 3:
+        sys.exit(
+            "usage: python -m smolvla.envs.record --worker SPEC (record()'s workers); use `smolvla record`"
+        )
+    _spec = json.loads(sys.argv[2])
+    worker_main(_spec["image_size"], _spec["max_episode_steps"], Path(_spec["out_dir"]))

@@ -4,6 +4,6 @@ Importing this package does not import the simulator or torch's policy code; `ev
 worker processes.
 """
 
-from smolvla.eval.metaworld import EvalConfig, EvalError, evaluate, main, print_table
+from smolvla.eval.metaworld import EvalConfig, EvalError, EvalPipelineConfig, evaluate, print_table
 
-__all__ = ["EvalConfig", "EvalError", "evaluate", "main", "print_table"]
+__all__ = ["EvalConfig", "EvalError", "EvalPipelineConfig", "evaluate", "print_table"]

@@ -1,11 +1,11 @@
-"""`python -m smolvla.eval ...`: the same as `smolvla eval ...` (and how the workers start)."""
+"""`python -m smolvla.eval --worker SPEC`: how evaluate() starts its simulator workers (not a command:
+`smolvla eval` is)."""
 
+import json
 import sys
 
-from smolvla.eval.metaworld import EvalError, main
+from smolvla.eval.metaworld import worker_main
 
-try:
-    sys.exit(main())
-except (ValueError, FileNotFoundError, EvalError) as e:  # our errors name the problem: no traceback
-    print(f"smolvla eval: error: {e}", file=sys.stderr)
-    sys.exit(2)
+if sys.argv[1:2] != ["--worker"] or len(sys.argv) != 3:
+    sys.exit("usage: python -m smolvla.eval --worker SPEC (evaluate()'s workers); use `smolvla eval`")
+worker_main(json.loads(sys.argv[2]))

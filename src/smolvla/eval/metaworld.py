@@ -26,7 +26,6 @@ the report records the value used. An episode ends at the first success or after
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -619,113 +618,83 @@ def plot_success(report: dict[str, Any], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Command line (LeRobot's flag style: --group.name=value)
-
-FLAGS = {
-    "policy.path": "checkpoint folder or hub repo id (with its processor files)",
-    "policy.type": "smolvla (default) or expert: Meta-World's scripted expert, a check of the harness",
-    "policy.n_action_steps": "actions executed per predicted chunk (default: the checkpoint's)",
-    "policy.num_steps": "denoising steps (default: the checkpoint's)",
-    "policy.device": "cpu (default), cuda, mps",
-    "policy.inference_mode": "fp32 | bf16 | int8 | auto: prepared for fast inference (default: none)",
-    "env.type": "metaworld (the only one)",
-    "env.task": "comma-separated tasks, e.g. reach-v3,drawer-close-v3 (or buckets)",
-    "env.difficulty": "easy | medium | hard | very_hard | all (instead of --env.task)",
-    "env.image_size": "rendered image side in pixels (default: the policy's camera size)",
-    "eval.n_episodes": "episodes per task (default 10)",
-    "eval.max_episode_steps": f"steps before an episode counts as failed (default {MAX_EPISODE_STEPS})",
-    "eval.workers": "worker processes, one per core (default 2)",
-    "eval.videos": "true (default) or false: an MP4 of each task's first episode",
-    "seed": f"seed of each task's first episode (default {EVAL_SEED_BASE})",
-    "output_dir": "where the report, chart and videos go (default outputs/eval/<date>_<time>)",
-}
-
-USAGE = "usage: smolvla eval --policy.path=DIR --env.type=metaworld --env.task=T1,T2 [flags]\n\n" + "\n".join(
-    f"  --{name:<24}{text}" for name, text in FLAGS.items()
-)
+# `smolvla eval`'s config: LeRobot's groups (--policy.*, --env.*, --eval.*), turned into an EvalConfig
 
 
-def parse_flags(argv: list[str]) -> dict[str, str]:
-    """`--name=value` (or `--name value`) flags by name; unknown or repeated flags raise."""
-    flags: dict[str, str] = {}
-    args = iter(argv)
-    for arg in args:
-        if not arg.startswith("--"):
-            raise EvalError(f"argument {arg!r}: expected a --name=value flag (see --help)")
-        name, eq, value = arg[2:].partition("=")
-        if name not in FLAGS:
-            close = difflib.get_close_matches(name, list(FLAGS), n=1, cutoff=0.0)
-            raise EvalError(f"unknown flag --{name}; did you mean --{close[0]}? (see --help)")
-        if not eq:
-            nxt = next(args, None)
-            if nxt is None or nxt.startswith("--"):
-                raise EvalError(f"--{name}: no value, expected --{name}=VALUE")
-            value = nxt
-        if name in flags:
-            raise EvalError(f"--{name}: given twice ({flags[name]!r} and {value!r}), expected once")
-        flags[name] = value
-    return flags
+def _default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
 
 
-def _int(flags: dict[str, str], name: str) -> int | None:
-    if name not in flags:
-        return None
-    try:
-        return int(flags[name])
-    except ValueError:
-        raise EvalError(f"--{name}: got {flags[name]!r}, expected an integer") from None
+@dataclass(frozen=True)
+class EvalPolicyConfig:
+    path: str | None = None  # checkpoint folder or hub repo id (with its processor files)
+    type: str = "smolvla"  # smolvla, or expert: Meta-World's scripted expert, a check of the harness
+    device: str = "cpu"  # cpu, cuda, mps
+    n_action_steps: int | None = None  # actions executed per predicted chunk (None: the checkpoint's)
+    num_steps: int | None = None  # denoising steps (None: the checkpoint's)
+    inference_mode: str | None = None  # fp32 | bf16 | int8 | auto: prepared for fast inference (None: none)
 
 
-def config_from_flags(flags: dict[str, str]) -> EvalConfig:
-    env_type = flags.get("env.type", "metaworld")
-    if env_type != "metaworld":
-        raise EvalError(f"--env.type: got {env_type!r}, expected 'metaworld' (the only simulator here)")
-    task, difficulty = flags.get("env.task"), flags.get("env.difficulty")
-    if (task is None) == (difficulty is None):
-        raise EvalError(
-            "give exactly one of --env.task=T1,T2 or --env.difficulty=easy|medium|hard|very_hard|all"
+@dataclass(frozen=True)
+class EvalEnvConfig:
+    type: str = "metaworld"  # the only simulator here
+    # comma-separated tasks (reach-v3,drawer-close-v3) or a difficulty: easy|medium|hard|very_hard|all
+    task: str | None = None
+    image_size: int | None = None  # rendered image side in pixels (None: the policy's camera size)
+    max_episode_steps: int = MAX_EPISODE_STEPS  # steps before an episode counts as failed
+
+
+@dataclass(frozen=True)
+class EvalEpisodesConfig:
+    n_episodes: int = 10  # episodes per task
+    workers: int = field(default_factory=_default_workers)  # simulator processes, one per core
+    videos: bool = True  # an MP4 of each task's first episode
+
+
+@dataclass(frozen=True)
+class EvalPipelineConfig:
+    """Evaluate a policy in Meta-World: success per task and difficulty, a chart, videos."""
+
+    policy: EvalPolicyConfig = field(default_factory=EvalPolicyConfig)
+    env: EvalEnvConfig = field(default_factory=EvalEnvConfig)
+    eval: EvalEpisodesConfig = field(default_factory=EvalEpisodesConfig)
+    seed: int = EVAL_SEED_BASE  # seed of each task's first episode (episode i: seed + i)
+    output_dir: str | None = None  # report, chart and videos (None: outputs/eval/<date>_<time>_metaworld)
+
+    def eval_config(self) -> EvalConfig:
+        """The evaluation these settings ask for; raises EvalError naming the flag."""
+        if self.env.type != "metaworld":
+            raise EvalError(
+                f"--env.type: got {self.env.type!r}, expected 'metaworld' (the only simulator here)"
+            )
+        if not self.env.task:
+            raise EvalError(
+                "--env.task is required: tasks (T1,T2) or a difficulty: easy|medium|hard|very_hard|all"
+            )
+        if self.policy.type == "smolvla" and self.policy.path is None:
+            raise EvalError("--policy.path: missing, expected a checkpoint folder (or --policy.type=expert)")
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        return EvalConfig(
+            policy_path=self.policy.path,
+            tasks=tuple(tasks_for(self.env.task)),
+            output_dir=Path(self.output_dir or f"outputs/eval/{stamp}_metaworld"),
+            n_episodes=self.eval.n_episodes,
+            seed=self.seed,
+            n_action_steps=self.policy.n_action_steps,
+            num_steps=self.policy.num_steps,
+            image_size=self.env.image_size,
+            max_episode_steps=self.env.max_episode_steps,
+            workers=self.eval.workers,
+            videos=self.eval.videos,
+            device=self.policy.device,
+            policy_type=self.policy.type,
+            inference_mode=self.policy.inference_mode,
         )
-    if difficulty is not None and difficulty not in (*DIFFICULTY, "all"):
-        raise EvalError(f"--env.difficulty: got {difficulty!r}, expected one of {[*DIFFICULTY, 'all']}")
-    videos = flags.get("eval.videos", "true").lower()
-    if videos not in ("true", "false"):
-        raise EvalError(f"--eval.videos: got {flags['eval.videos']!r}, expected true or false")
-    policy_type = flags.get("policy.type", "smolvla")
-    if policy_type == "smolvla" and "policy.path" not in flags:
-        raise EvalError("--policy.path: missing, expected a checkpoint folder (or --policy.type=expert)")
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    kwargs: dict[str, Any] = {
-        "n_episodes": _int(flags, "eval.n_episodes"),
-        "seed": _int(flags, "seed"),
-        "n_action_steps": _int(flags, "policy.n_action_steps"),
-        "num_steps": _int(flags, "policy.num_steps"),
-        "image_size": _int(flags, "env.image_size"),
-        "max_episode_steps": _int(flags, "eval.max_episode_steps"),
-        "workers": _int(flags, "eval.workers"),
-        "device": flags.get("policy.device"),
-        "inference_mode": flags.get("policy.inference_mode"),
-    }
-    return EvalConfig(
-        policy_path=flags.get("policy.path"),
-        tasks=tuple(tasks_for(task or difficulty)),
-        output_dir=Path(flags.get("output_dir", f"outputs/eval/{stamp}_metaworld")),
-        videos=videos == "true",
-        policy_type=policy_type,
-        **{k: v for k, v in kwargs.items() if v is not None},
-    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`smolvla eval ...`: evaluates, prints the table and where the files are. Bad input raises
-    ValueError / FileNotFoundError naming the flag."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--worker"]:
-        worker_main(json.loads(argv[1]))
-        return 0
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return 0
-    cfg = config_from_flags(parse_flags(argv))
+def run_pipeline(pipeline: EvalPipelineConfig) -> dict[str, Any]:
+    """Evaluates, prints the table and where the files are; returns the report."""
+    cfg = pipeline.eval_config()
     report = evaluate(cfg)
     print(f"report: {cfg.output_dir / 'eval_report.json'}  chart: {cfg.output_dir / 'success_by_task.png'}")
     if cfg.videos:
@@ -734,4 +703,4 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['wall_seconds']} s, {report['env_steps']} steps, "
         f"{report['policy_steps_per_second']} policy steps/s per worker"
     )
-    return 0
+    return report

@@ -1,6 +1,6 @@
 """`smolvla serve`: one policy behind a WebSocket, for many robot clients at once.
 
-    smolvla serve --policy.path=DIR --host 127.0.0.1 --port 8000 [--api-key-env VAR] [--rtc]
+    smolvla serve --policy.path=DIR --host=127.0.0.1 --port=8000 [--api_key_env=VAR] [--rtc.enabled=true]
 
 The protocol is openpi's (see `smolvla.serving.protocol`): metadata on connect, then one answer per
 observation: a map with `actions` [chunk_size, action_dim] (unnormalized, float32) and
@@ -25,7 +25,6 @@ Each connection has its own state (request count, the previous chunk for RTC).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -543,85 +542,91 @@ class ServerThread:
 # Command line
 
 
-def add_speed_flags(p: argparse.ArgumentParser) -> None:
-    """The served policy's speed options (also `smolvla deploy sim`'s, which passes them to its server)."""
-    p.add_argument("--policy.num_steps", dest="num_steps", type=int, default=None, help="denoising steps")
-    p.add_argument(
-        "--policy.inference_mode",
-        dest="inference_mode",
-        default=None,
-        help="fp32 | bf16 | int8 | auto: the policy prepared for fast CPU inference (default: plain policy)",
-    )
+@dataclass(frozen=True)
+class ServePolicyConfig:
+    """The served policy and its speed options (`smolvla deploy sim` passes them to its servers)."""
+
+    path: str | None = None  # checkpoint folder or hub repo id
+    device: str = "cpu"  # cpu, cuda, mps
+    num_steps: int | None = None  # denoising steps (None: the checkpoint's)
+    # fp32 | bf16 | int8 | auto: the policy prepared for fast CPU inference (None: the plain policy)
+    inference_mode: str | None = None
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolvla serve", description="Serve a SmolVLA policy over WebSocket.")
-    p.add_argument(
-        "--policy.path", dest="policy_path", required=True, help="checkpoint folder or hub repo id"
-    )
-    p.add_argument("--policy.device", dest="device", default="cpu")
-    add_speed_flags(p)
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument(
-        "--api-key-env",
-        default=None,
-        help="name of an environment variable holding the API key clients must send "
-        "('Authorization: Api-Key KEY'); kept off the command line so `ps` does not show it",
-    )
-    p.add_argument("--max-message-mb", type=float, default=16.0, help="largest accepted message")
-    p.add_argument("--idle-timeout", type=float, default=300.0, help="close connections silent this long (s)")
-    p.add_argument(
-        "--latency",
-        type=float,
-        default=0.0,
-        help="pad each inference to at least this many seconds: stands in for a slower model or device",
-    )
-    p.add_argument("--rtc", action="store_true", help="real-time chunking: guide chunks toward the last one")
-    p.add_argument("--rtc.execution_horizon", dest="rtc_horizon", type=int, default=10)
-    p.add_argument("--rtc.max_guidance_weight", dest="rtc_beta", type=float, default=10.0)
-    p.add_argument("--rtc.schedule", dest="rtc_schedule", default="linear", choices=SCHEDULES)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--log-level", default="INFO")
-    return p
+@dataclass(frozen=True)
+class ServeRTCConfig:
+    enabled: bool = False  # real-time chunking: guide each chunk toward the previous one
+    execution_horizon: int = 10  # actions of the previous chunk the new one is guided toward
+    max_guidance_weight: float = 10.0  # the largest weight guidance may take (RTC's beta)
+    schedule: str = "linear"  # how guidance decays along the horizon: one of smolvla.model.rtc.SCHEDULES
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+@dataclass(frozen=True)
+class ServeConfig:
+    """Serve a SmolVLA policy over WebSocket (openpi's protocol)."""
+
+    policy: ServePolicyConfig = field(default_factory=ServePolicyConfig)
+    host: str = "127.0.0.1"  # interface to bind (default: loopback only)
+    port: int = 8000  # 0 picks a free port
+    # name of an environment variable holding the API key clients must send ('Authorization: Api-Key
+    # KEY'); the key itself stays off the command line so `ps` does not show it
+    api_key_env: str | None = None
+    max_message_mb: float = 16.0  # largest accepted message
+    idle_timeout: float = 300.0  # close connections silent this long (s)
+    # pad each inference to at least this many seconds: stands in for a slower model or device
+    latency: float = 0.0
+    rtc: ServeRTCConfig = field(default_factory=ServeRTCConfig)
+    threads: int | None = None  # torch intra-op threads (None: torch's)
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR (the server's log on stderr)
+
+
+def run_server(cfg: ServeConfig) -> None:
+    """Loads the policy and serves until SIGINT/SIGTERM; prints one JSON line when listening."""
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+        level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
+    if not cfg.policy.path:
+        raise ConfigError("--policy.path is required: a checkpoint folder or hub repo id")
+    if cfg.rtc.schedule not in SCHEDULES:
+        raise ConfigError(f"--rtc.schedule: got {cfg.rtc.schedule!r}, expected one of {list(SCHEDULES)}")
     api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
+    if cfg.api_key_env:
+        api_key = os.environ.get(cfg.api_key_env)
         if not api_key:
-            raise ConfigError(f"--api-key-env: environment variable {args.api_key_env!r} is not set or empty")
-    if args.host not in LOOPBACK:
+            raise ConfigError(f"--api_key_env: environment variable {cfg.api_key_env!r} is not set or empty")
+    if cfg.host not in LOOPBACK:
         log.warning(
             "binding to %s: reachable from other machines%s",
-            args.host,
+            cfg.host,
             "" if api_key else " WITHOUT an API key",
         )
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads: got {args.threads}, expected a positive integer")
-        torch.set_num_threads(args.threads)
-    rtc = RTCConfig(args.rtc_horizon, args.rtc_beta, args.rtc_schedule) if args.rtc else None
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            raise ConfigError(f"--threads: got {cfg.threads}, expected a positive integer")
+        torch.set_num_threads(cfg.threads)
+    rtc = (
+        RTCConfig(cfg.rtc.execution_horizon, cfg.rtc.max_guidance_weight, cfg.rtc.schedule)
+        if cfg.rtc.enabled
+        else None
+    )
+    p = cfg.policy
     engine = InferenceEngine.load(
-        args.policy_path, args.device, args.num_steps, args.inference_mode, rtc=rtc, latency=args.latency
+        p.path, p.device, p.num_steps, p.inference_mode, rtc=rtc, latency=cfg.latency
     )
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        api_key=api_key,
-        max_message_bytes=int(args.max_message_mb * 2**20),
-        idle_timeout=args.idle_timeout,
+    server = PolicyServer(
+        engine,
+        ServerConfig(
+            host=cfg.host,
+            port=cfg.port,
+            api_key=api_key,
+            max_message_bytes=int(cfg.max_message_mb * 2**20),
+            idle_timeout=cfg.idle_timeout,
+        ),
     )
-    server = PolicyServer(engine, config)
 
     def ready(port: int) -> None:
         # One machine-readable line on stdout: `smolvla deploy` starts a server and reads its port here.
-        print(json.dumps({"event": "listening", "url": f"ws://{args.host}:{port}"}), flush=True)
+        print(json.dumps({"event": "listening", "url": f"ws://{cfg.host}:{port}"}), flush=True)
 
     asyncio.run(server.run(ready))
     print(json.dumps({"event": "stopped", "requests": server.stats.requests}), flush=True)

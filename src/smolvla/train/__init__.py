@@ -1,6 +1,6 @@
-"""Training: LeRobot-style flags, one process or many (torchrun), exact resume."""
+"""Training: one process or many (torchrun), exact resume. `smolvla train` builds its TrainConfig."""
 
-from smolvla.train.config import TrainConfig, parse_args
+from smolvla.train.config import TrainConfig
 from smolvla.train.loop import TrainingError, train
 
-__all__ = ["TrainConfig", "TrainingError", "parse_args", "train"]
+__all__ = ["TrainConfig", "TrainingError", "train"]

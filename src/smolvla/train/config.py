@@ -1,29 +1,27 @@
-"""The training config and LeRobot-style flags (`--policy.path=... --dataset.repo_id=... --steps=20000`).
+"""The training config: a frozen dataclass whose fields are `smolvla train`'s flags.
 
-`TrainConfig` is a frozen dataclass; `parse_args(argv)` builds one from flags and an optional
-`--config_path=train.json` (the `train_config.json` every checkpoint holds), flags winning. Any policy
-config field is a flag: `--policy.n_action_steps=10`.
+The command line (smolvla.apps.cli) builds it with draccus from flags and an optional
+`--config_path=train_config.json` (the file every checkpoint holds), flags winning; the comments beside
+the fields are the flags' help. Any policy config field is a flag too: `--policy.n_action_steps=10`
+lands in `policy.overrides`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smolvla.config import PRESETS, SmolVLAConfig
 from smolvla.errors import SmolVLAError
-from smolvla.io import read_json_object
 
 if TYPE_CHECKING:
     from smolvla.data.augment import AugmentConfig
 
 
 class FlagError(SmolVLAError, ValueError):
-    """A command-line flag or config-file entry is unknown or malformed."""
+    """A training setting is missing, unknown or malformed (named as its flag)."""
 
 
 @dataclass(frozen=True)
@@ -45,55 +43,75 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
-class EnvConfig:
-    type: str | None = None  # "metaworld" enables evaluation during training
-    task: str | None = None  # comma-separated tasks or a difficulty (easy|medium|hard|very_hard|all)
+class TrainPolicyConfig:
+    path: str | None = None  # fine-tune this checkpoint (a folder or a hub repo id)
+    type: str | None = None  # smolvla: a new policy (from --policy.preset, default base)
+    preset: str | None = None  # train a new policy from this preset: base | tiny | micro
+    device: str | None = None  # None: cuda if available, else cpu
+    # SmolVLA config fields to change, as --policy.<field>=value (e.g. --policy.n_action_steps=10)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    n_episodes: int = 10  # per task
-    workers: int = 2
-    max_episode_steps: int | None = None
+class TrainEnvConfig:
+    type: str | None = None  # metaworld: evaluate checkpoints in simulation every --eval_freq steps
+    task: str | None = None  # comma-separated tasks or a difficulty (easy|medium|hard|very_hard|all)
+    max_episode_steps: int | None = None  # None: the evaluation's default (400)
+
+
+@dataclass(frozen=True)
+class TrainEvalConfig:
+    """How training evaluates its checkpoints (smolvla.eval.EvalConfig is the evaluation itself)."""
+
+    n_episodes: int = 10  # episodes per task
+    workers: int = 2  # simulator processes
+
+
+@dataclass(frozen=True)
+class WandBConfig:
+    enable: bool = False  # log to Weights & Biases (if installed)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Train or fine-tune a SmolVLA policy on a LeRobot dataset."""
+
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    policy_path: str | None = None  # fine-tune from a checkpoint (folder or repo id)
-    policy_preset: str | None = None  # or train a new policy from a preset
-    policy_overrides: dict[str, Any] = field(default_factory=dict)  # --policy.<field>=value
+    policy: TrainPolicyConfig = field(default_factory=TrainPolicyConfig)
     rename_map: dict[str, str] = field(default_factory=dict)  # dataset key -> policy key
-    env: EnvConfig = field(default_factory=EnvConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str | None = None
-    batch_size: int = 8
-    steps: int = 100_000
-    grad_accum_steps: int = 1
-    save_freq: int = 20_000
-    log_freq: int = 200
-    eval_freq: int = 20_000
-    seed: int = 1000
-    num_workers: int = 2
-    device: str | None = None  # None: cuda if available, else cpu
+    env: TrainEnvConfig = field(default_factory=TrainEnvConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
+    output_dir: str | None = None  # None: outputs/train/<date>_<time>_smolvla_<dataset>
+    batch_size: int = 8  # per process
+    steps: int = 100_000  # optimizer steps in all
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    save_freq: int = 20_000  # checkpoint every this many steps (and at the end)
+    log_freq: int = 200  # log the loss every this many steps
+    eval_freq: int = 20_000  # evaluate every this many steps with --env.type (0: never)
+    seed: int = 1000  # weight init, data order, noise and augmentation draws
+    num_workers: int = 2  # DataLoader worker processes
     precision: str = "auto"  # auto | fp32 | bf16 (autocast where the device supports it)
-    resume: bool = False
-    wandb: bool = False
+    resume: bool = False  # continue the run in --output_dir from its last checkpoint
+    wandb: WandBConfig = field(default_factory=WandBConfig)
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, expected: str) -> FlagError:
             return FlagError(f"--{name}: got {value!r}, expected {expected}")
 
+        if self.policy.type not in (None, "smolvla"):
+            raise bad("policy.type", self.policy.type, "'smolvla'")
+        if self.policy.type and self.policy.path is None and self.policy.preset is None:
+            object.__setattr__(self, "policy", dataclasses.replace(self.policy, preset="base"))
         if not self.dataset.repo_id:
             raise FlagError("--dataset.repo_id is required: a dataset folder or hub repo id")
-        if (self.policy_path is None) == (self.policy_preset is None):
+        if (self.policy.path is None) == (self.policy.preset is None):
             raise FlagError(
                 "give exactly one of --policy.path (fine-tune a checkpoint) or --policy.type=smolvla "
                 f"--policy.preset=NAME (a new policy; presets: {sorted(PRESETS)})"
             )
-        if self.policy_preset is not None and self.policy_preset not in PRESETS:
-            raise bad("policy.preset", self.policy_preset, f"one of {sorted(PRESETS)}")
-        for name in ("batch_size", "steps", "grad_accum_steps", "save_freq", "log_freq"):
+        if self.policy.preset is not None and self.policy.preset not in PRESETS:
+            raise bad("policy.preset", self.policy.preset, f"one of {sorted(PRESETS)}")
+        for name in ("batch_size", "steps", "gradient_accumulation_steps", "save_freq", "log_freq"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, v, "a positive integer")
@@ -118,150 +136,54 @@ class TrainConfig:
             raise bad("dataset.episodes", self.dataset.episodes, "a list of episode indices")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        import draccus
+
+        return draccus.encode(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        nested = {"dataset": DatasetConfig, "env": EnvConfig, "eval": EvalConfig}
-        for key, sub in nested.items():
-            if key in d:
-                d[key] = sub(**_known(d[key], sub, key))
-        if d.get("dataset") and isinstance(d["dataset"].episodes, list):
-            d["dataset"] = dataclasses.replace(d["dataset"], episodes=tuple(d["dataset"].episodes))
-        return cls(**_known(d, cls, ""))
+        """The config `to_dict` wrote (a checkpoint's train_config.json); unknown keys are errors."""
+        import draccus
+
+        try:
+            return draccus.decode(cls, d)
+        except draccus.utils.DecodingError as e:
+            if isinstance(e.__cause__, SmolVLAError):
+                raise e.__cause__ from None
+            raise FlagError(str(e)) from None
 
     def policy_config(self, base: SmolVLAConfig) -> SmolVLAConfig:
         """`base` with this run's `--policy.<field>` overrides applied."""
-        return base.override(**self.policy_overrides) if self.policy_overrides else base
+        return base.override(**self.policy.overrides) if self.policy.overrides else base
 
 
-def _known(d: dict[str, Any], cls: type, prefix: str) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in d:
-        if k not in names:
-            close = difflib.get_close_matches(k, names, 1)
-            where = f"{prefix}." if prefix else ""
-            hint = f" (did you mean {where}{close[0]}?)" if close else ""
-            raise FlagError(f"unknown setting {where}{k}{hint}")
-    return d
+# What a resumed run must keep: changing them would make a different run, not a continuation.
+FIXED_ON_RESUME = (
+    "dataset",
+    "policy",
+    "rename_map",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+)
 
 
-# --------------------------------------------------------------------------------------------------
-# Flags
-
-# flag -> (path in TrainConfig's dict, type)
-_FLAGS: dict[str, tuple[tuple[str, ...], type]] = {
-    "config_path": ((), str),
-    "policy.path": (("policy_path",), str),
-    "policy.type": ((), str),
-    "policy.preset": (("policy_preset",), str),
-    "policy.device": (("device",), str),
-    "dataset.repo_id": (("dataset", "repo_id"), str),
-    "dataset.episodes": (("dataset", "episodes"), list),
-    "dataset.augment": (("dataset", "augment"), bool),
-    "dataset.image_transforms.enable": (("dataset", "augment"), bool),  # LeRobot's name for it
-    "dataset.augment_max_shift": (("dataset", "augment_max_shift"), int),
-    "dataset.augment_crop_scale": (("dataset", "augment_crop_scale"), float),
-    "rename_map": (("rename_map",), dict),
-    "env.type": (("env", "type"), str),
-    "env.task": (("env", "task"), str),
-    "eval.n_episodes": (("eval", "n_episodes"), int),
-    "eval.workers": (("eval", "workers"), int),
-    "eval.max_episode_steps": (("eval", "max_episode_steps"), int),
-    "output_dir": (("output_dir",), str),
-    "batch_size": (("batch_size",), int),
-    "steps": (("steps",), int),
-    "gradient_accumulation_steps": (("grad_accum_steps",), int),
-    "save_freq": (("save_freq",), int),
-    "log_freq": (("log_freq",), int),
-    "eval_freq": (("eval_freq",), int),
-    "seed": (("seed",), int),
-    "num_workers": (("num_workers",), int),
-    "precision": (("precision",), str),
-    "resume": (("resume",), bool),
-    "wandb.enable": (("wandb",), bool),
-}
-
-
-def _parse_value(flag: str, raw: str, kind: type) -> Any:
-    if kind is str:
-        return raw
-    if kind is bool:
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise FlagError(f"--{flag}: got {raw!r}, expected true or false")
-    try:
-        v = json.loads(raw)
-    except json.JSONDecodeError:
-        raise FlagError(f"--{flag}: could not parse {raw!r} as {kind.__name__} (JSON)") from None
-    if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
-        raise FlagError(f"--{flag}: got {raw!r}, expected an integer")
-    if kind is float:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise FlagError(f"--{flag}: got {raw!r}, expected a number")
-        v = float(v)
-    if kind in (list, dict) and not isinstance(v, kind):
-        raise FlagError(f"--{flag}: got {raw!r}, expected a JSON {kind.__name__}")
-    return v
-
-
-def split_flags(argv: list[str]) -> list[tuple[str, str]]:
-    """`--a.b=v` and `--a.b v` as (name, raw value); a bare `--flag` means true."""
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise FlagError(f"unexpected argument {arg!r}: flags look like --name=value")
-        name, eq, raw = arg[2:].partition("=")
-        if not eq:
-            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                raw, i = argv[i + 1], i + 1
-            else:
-                raw = "true"
-        out.append((name, raw))
-        i += 1
-    return out
-
-
-def parse_args(argv: list[str]) -> TrainConfig:
-    """A TrainConfig from LeRobot-style flags. Unknown flags are errors naming the closest valid one."""
-    flags = split_flags(argv)
-    d: dict[str, Any] = {}
-    for name, raw in flags:
-        if name == "config_path":
-            d = read_json_object(raw, FlagError)
-    d.setdefault("policy_overrides", {})
-    policy_fields = {f.name for f in dataclasses.fields(SmolVLAConfig)}
-    for name, raw in flags:
-        if name == "config_path":
+def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """The settings of `cfg` that differ from the run it resumes and may not (see FIXED_ON_RESUME)."""
+    changed = []
+    for name in FIXED_ON_RESUME:
+        old, new = getattr(saved, name), getattr(cfg, name)
+        if old == new:
             continue
-        if name == "policy.type":
-            if raw != "smolvla":
-                raise FlagError(f"--policy.type: got {raw!r}, expected 'smolvla'")
-            d.setdefault("policy_preset", d.get("policy_preset") or "base")
-            continue
-        if name in _FLAGS:
-            path, kind = _FLAGS[name]
-            target = d
-            for p in path[:-1]:
-                target = target.setdefault(p, {})
-            target[path[-1]] = _parse_value(name, raw, kind)
-        elif name.startswith("policy.") and name[7:] in policy_fields:
-            d["policy_overrides"][name[7:]] = raw  # parsed by SmolVLAConfig.override
+        if dataclasses.is_dataclass(old):
+            changed += [
+                f"{name}.{f.name}"
+                for f in dataclasses.fields(old)
+                if getattr(old, f.name) != getattr(new, f.name)
+            ]
         else:
-            valid = [*_FLAGS, *(f"policy.{f}" for f in policy_fields)]
-            close = difflib.get_close_matches(name, valid, 1)
-            raise FlagError(f"unknown flag --{name}" + (f" (did you mean --{close[0]}?)" if close else ""))
-    if isinstance(d.get("dataset", {}).get("episodes"), list):
-        d["dataset"]["episodes"] = tuple(d["dataset"]["episodes"])
-    return TrainConfig.from_dict(d)
-
-
-def flag_names() -> list[str]:
-    return sorted(_FLAGS)
+            changed.append(name)
+    return changed
 
 
 def default_output_dir(cfg: TrainConfig) -> Path:

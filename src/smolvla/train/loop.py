@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from smolvla.config import ACTION, ACTION_IS_PAD, OBS_STATE, FeatureType, Policy
 from smolvla.errors import SmolVLAError
 from smolvla.hardware import native_bf16
 from smolvla.policy import SmolVLAPolicy
-from smolvla.train.config import TrainConfig, default_output_dir
+from smolvla.train.config import TrainConfig, default_output_dir, resume_changes
 from smolvla.train.optim import make_optimizer, make_scheduler
 from smolvla.train.state import PRETRAINED, last_checkpoint, load_training_state, save_checkpoint
 
@@ -50,8 +51,8 @@ def _dist() -> tuple[int, int]:
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device:
-        return torch.device(cfg.device)
+    if cfg.policy.device:
+        return torch.device(cfg.policy.device)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -89,10 +90,10 @@ def dataset_features(ds: Any) -> tuple[dict[str, PolicyFeature], dict[str, Polic
 
 def policy_config(cfg: TrainConfig, ds_inputs: dict, ds_outputs: dict) -> SmolVLAConfig:
     """The policy config of this run, checked against the dataset before anything trains."""
-    if cfg.policy_path:
+    if cfg.policy.path:
         from smolvla.hub import resolve_dir
 
-        base = SmolVLAConfig.load(resolve_dir(cfg.policy_path, allow_patterns=["*.json"]) / "config.json")
+        base = SmolVLAConfig.load(resolve_dir(cfg.policy.path, allow_patterns=["*.json"]) / "config.json")
         base = cfg.policy_config(base)
         # LeRobot's rule: keep the checkpoint's cameras, take the dataset's outputs. The state comes
         # from the dataset too: its width is padded to max_state_dim, so any width up to it fits.
@@ -110,9 +111,9 @@ def policy_config(cfg: TrainConfig, ds_inputs: dict, ds_outputs: dict) -> SmolVL
             )
         return base
     base = dataclasses.replace(
-        preset(cfg.policy_preset), input_features=ds_inputs, output_features=ds_outputs
+        preset(cfg.policy.preset), input_features=ds_inputs, output_features=ds_outputs
     )
-    explicit = set(cfg.policy_overrides)
+    explicit = set(cfg.policy.overrides)
     pcfg = cfg.policy_config(base)
     if not pcfg.load_vlm_weights:
         # A random backbone learns nothing frozen: train everything unless told otherwise.
@@ -168,11 +169,18 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     device = _device(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     resume_from = _check_output_dir(out, cfg)
-    if resume_from is not None:  # the saved config is the run's; only --steps may grow
+    if resume_from is not None:
         saved = TrainConfig.from_dict(
             json.loads((resume_from / PRETRAINED / "train_config.json").read_text())
         )
-        cfg = dataclasses.replace(saved, steps=cfg.steps, resume=True, output_dir=str(out))
+        changed = resume_changes(saved, cfg)
+        if changed:
+            raise TrainingError(
+                f"--resume=true continues the run in {out}, which cannot change "
+                + ", ".join(f"--{c}" for c in changed)
+                + "; leave them out (they come from its train_config.json) or start a new run"
+            )
+        cfg = dataclasses.replace(cfg, output_dir=str(out))
 
     torch.manual_seed(cfg.seed)
     # Before anything is built from it: metadata that contradicts the data (a camera shape the videos do
@@ -197,14 +205,14 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         pre, post = make_pre_post_processors(
             policy.config, pretrained_path=resume_from / PRETRAINED, device=str(device)
         )
-    elif cfg.policy_path:
-        policy = SmolVLAPolicy.from_pretrained(cfg.policy_path, **cfg.policy_overrides)
+    elif cfg.policy.path:
+        policy = SmolVLAPolicy.from_pretrained(cfg.policy.path, **cfg.policy.overrides)
         policy = _with_config(policy, pcfg)
         # The dataset's stats replace the checkpoint's (LeRobot's rule); its tokenizer settings are kept.
         has_processors = (policy.pretrained_path / "policy_preprocessor.json").is_file()
         pre, post = make_pre_post_processors(
             pcfg,
-            pretrained_path=cfg.policy_path if has_processors else None,
+            pretrained_path=cfg.policy.path if has_processors else None,
             dataset_stats=ds.stats,
             device=str(device),
         )
@@ -270,12 +278,12 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for micro in range(cfg.grad_accum_steps):
+        for micro in range(cfg.gradient_accumulation_steps):
             if batch_in_epoch >= per_epoch:  # the sampler's stream has moved on to the next epoch
                 epoch, batch_in_epoch = epoch + 1, 0
             raw = next(it)
             batch_in_epoch += 1
-            gstep = step * cfg.grad_accum_steps + micro
+            gstep = step * cfg.gradient_accumulation_steps + micro
             raw = _augment(raw, augment, ds.camera_keys, cfg.seed, gstep, rank) if augment else raw
             batch = pre(raw)
             noise, t = _noise_and_time(cfg, pcfg, gstep, rank, world, device)
@@ -288,7 +296,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss, info = model(batch, noise=noise, time=t)
             # sum over this process's entries / global entries, x world because DDP averages gradients
-            scaled = loss * count / total.clamp(min=1) * world / cfg.grad_accum_steps
+            scaled = loss * count / total.clamp(min=1) * world / cfg.gradient_accumulation_steps
             if not torch.isfinite(loss):
                 episodes = sorted(set(raw["episode_index"].tolist()))
                 raise TrainingError(
@@ -298,13 +306,13 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
             logged = loss.detach() * count / total.clamp(min=1)  # this process's share of the global mean
             if world > 1:
                 dist.all_reduce(logged)
-            loss_sum += float(logged) / cfg.grad_accum_steps
+            loss_sum += float(logged) / cfg.gradient_accumulation_steps
         grad_norm = torch.nn.utils.clip_grad_norm_(params, pcfg.optimizer_grad_clip_norm)
         opt.step()
         sched.step()
         step += 1
         window.append(loss_sum)
-        samples_window += cfg.batch_size * world * cfg.grad_accum_steps
+        samples_window += cfg.batch_size * world * cfg.gradient_accumulation_steps
         bar.update(1)
         if step % cfg.log_freq == 0 or step == cfg.steps:
             dt = time.perf_counter() - t_window
@@ -323,18 +331,29 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
             )
             window, t_window, samples_window = [], time.perf_counter(), 0
         stopping = stop_at is not None and step >= stop_at
-        if step % cfg.save_freq == 0 or step == cfg.steps or stopping:
+        saving = step % cfg.save_freq == 0 or step == cfg.steps or stopping
+        # Evaluation has its own schedule: it needs the weights on disk (the simulator workers load
+        # them), so a step that evaluates without a checkpoint saves the model alone, under eval/.
+        evaluating = bool(cfg.env.type and cfg.eval_freq) and (step % cfg.eval_freq == 0 or step == cfg.steps)
+        if saving or evaluating:
             if rank == 0:
-                ckpt = save_checkpoint(
-                    out,
-                    step,
-                    save_model,
-                    opt,
-                    sched,
-                    {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "world": world},
-                )
-                if cfg.env.type and cfg.eval_freq and (step % cfg.eval_freq == 0 or step == cfg.steps):
-                    logger.log({"step": step, **_evaluate(cfg, ckpt / PRETRAINED, out)})
+                if saving:
+                    ckpt = save_checkpoint(
+                        out,
+                        step,
+                        save_model,
+                        opt,
+                        sched,
+                        {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "world": world},
+                    )
+                    model_dir = ckpt / PRETRAINED
+                else:
+                    model_dir = out / "eval" / f"{step:06d}" / PRETRAINED
+                    save_model(model_dir)
+                if evaluating:
+                    logger.log({"step": step, **_evaluate(cfg, model_dir, out)})
+                if not saving:  # the checkpoints are the run's weights; this copy only fed the simulator
+                    shutil.rmtree(model_dir)
             if world > 1:
                 dist.barrier()
         if stopping:
@@ -408,16 +427,15 @@ def _check_output_dir(out: Path, cfg: TrainConfig) -> Path | None:
 
 def _evaluate(cfg: TrainConfig, ckpt: Path, out: Path) -> dict[str, Any]:
     from smolvla.envs.metaworld import tasks_for
-    from smolvla.eval.metaworld import EvalConfig as MWEval
-    from smolvla.eval.metaworld import evaluate
+    from smolvla.eval.metaworld import EvalConfig, evaluate
 
-    ev = MWEval(
+    ev = EvalConfig(
         policy_path=str(ckpt),
         tasks=tuple(tasks_for(cfg.env.task)),
         n_episodes=cfg.eval.n_episodes,
         workers=cfg.eval.workers,
         output_dir=str(out / "eval" / ckpt.parent.name),
-        **({"max_episode_steps": cfg.eval.max_episode_steps} if cfg.eval.max_episode_steps else {}),
+        **({"max_episode_steps": cfg.env.max_episode_steps} if cfg.env.max_episode_steps else {}),
     )
     report = evaluate(ev, progress=False)
     return {"eval_success": report["overall"]["success_rate"]}
@@ -440,7 +458,7 @@ class _Logger:
             self.tb = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             pass
-        if cfg.wandb:
+        if cfg.wandb.enable:
             try:
                 import wandb
             except ImportError as e:
@@ -499,11 +517,3 @@ def plot_curves(metrics_file: Path, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    from smolvla.train.config import parse_args
-
-    train(parse_args(sys.argv[1:] if argv is None else argv))

@@ -1,6 +1,7 @@
-"""Latency of the policy server under concurrent clients, server and clients in separate processes.
+"""`smolvla bench serving_load`: latency of the policy server under concurrent clients, server and
+clients in separate processes.
 
-    python benchmarks/serving_load.py --policy.path=DIR --clients 16 --requests 20 [--threads 1]
+    smolvla bench serving_load --policy.path=DIR --clients=16 --requests=20 [--threads=1]
 
 Starts `smolvla serve` on a free loopback port, then runs `--clients` robot-side processes (numpy +
 websockets + msgpack only), each sending `--requests` observations one after another (a camera frame
@@ -12,14 +13,16 @@ per request, requests per second overall. The client processes report back as JS
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from smolvla.apps.bench import BenchError
 
 
 def client(url: str, requests: int, seed: int) -> None:
@@ -48,27 +51,35 @@ def client(url: str, requests: int, seed: int) -> None:
     print(json.dumps({"rtts": rtts, "infer": infer, "start": start, "end": time.time()}), flush=True)
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["_client"]:  # one client process: url, requests, seed
-        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-        return
-    p = argparse.ArgumentParser()
-    p.add_argument("--policy.path", dest="policy_path", required=True)
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--requests", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None, help="the server's torch threads (serve --threads)")
-    args = p.parse_args()
+@dataclass(frozen=True)
+class BenchServingPolicyConfig:
+    path: str | None = None  # the checkpoint to serve (a folder or a hub repo id)
+
+
+@dataclass(frozen=True)
+class BenchServingConfig:
+    """Latency of the policy server under concurrent client processes."""
+
+    policy: BenchServingPolicyConfig = field(default_factory=BenchServingPolicyConfig)
+    clients: int = 16  # client processes, each sending its requests one after another
+    requests: int = 20  # requests per client
+    threads: int | None = None  # the server's torch threads (serve --threads; None: torch's)
+
+
+def run(args: BenchServingConfig) -> None:
+    """One JSON line: round-trip percentiles, server inference time, requests per second."""
+    if not args.policy.path:
+        raise BenchError("--policy.path is required: the checkpoint to serve")
     cmd = [
         sys.executable,
         "-m",
         "smolvla.apps.cli",
         "serve",
-        f"--policy.path={args.policy_path}",
-        "--port",
-        "0",
+        f"--policy.path={args.policy.path}",
+        "--port=0",
     ]
     if args.threads is not None:
-        cmd += ["--threads", str(args.threads)]
+        cmd.append(f"--threads={args.threads}")
     server = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -79,7 +90,7 @@ def main() -> None:
         url = json.loads(server.stdout.readline())["url"]
         procs = [
             subprocess.Popen(
-                [sys.executable, __file__, "_client", url, str(args.requests), str(c)],
+                [sys.executable, "-m", "smolvla.apps.bench_serving", url, str(args.requests), str(c)],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -115,5 +126,5 @@ def main() -> None:
     )
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one client process, started by run(): url, requests, seed
+    client(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -1,6 +1,7 @@
-"""Frames per second of a Meta-World env with the scripted expert: expert + step + render per frame.
+"""`smolvla bench metaworld_fps`: frames per second of a Meta-World env with the scripted expert
+(expert + step + render per frame).
 
-    LP_NUM_THREADS=1 python benchmarks/metaworld_fps.py --sizes 224 128 64
+    LP_NUM_THREADS=1 smolvla bench metaworld_fps --sizes 224 128 64
 
 All sizes run in one process (one env each, built in turn). Prints one JSON line per size: frames/s
 over `--episodes` episodes of `--steps` steps each (resets excluded), median and range over
@@ -11,11 +12,11 @@ render thread: as fast as more, so one process per core scales.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import time
+from dataclasses import dataclass
 
 from smolvla.envs import MetaWorldEnv, expert_action  # sets MUJOCO_GL=egl unless set
 
@@ -56,17 +57,18 @@ def measure(task: str, size: int, episodes: int, steps: int, repeats: int) -> di
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="drawer-close-v3")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 128, 64])
-    ap.add_argument("--episodes", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class BenchMetaWorldConfig:
+    """Frames per second of a Meta-World env with the scripted expert, per image size."""
+
+    task: str = "drawer-close-v3"  # the Meta-World task
+    sizes: tuple[int, ...] = (224, 128, 64)  # rendered image sides in pixels, one line each
+    episodes: int = 5  # episodes per timed run
+    steps: int = 100  # steps per episode
+    repeats: int = 3  # timed runs (median and range reported)
+
+
+def run(args: BenchMetaWorldConfig) -> None:
+    """One JSON line per image size."""
     for size in args.sizes:
         print(json.dumps(measure(args.task, size, args.episodes, args.steps, args.repeats)), flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,8 @@
-"""Recording and loading speed of the data layer, per camera size and video codec.
+"""`smolvla bench data_loader`: recording and loading speed of the data layer, per camera size and
+video codec.
 
-    python benchmarks/data_loader.py                      # 224x224 and 128x128, h264 and libsvtav1
-    python benchmarks/data_loader.py --frames 'mw_{size}.npy' --sizes 224
+    smolvla bench data_loader                                   # 224x224 and 128x128, h264 and libsvtav1
+    smolvla bench data_loader --frames='mw_{size}.npy' --sizes 224
 
 For each case it records a dataset like a Meta-World demo set (one camera, 4-D state and action,
 20 episodes x 100 frames at 30 fps) with DatasetWriter, then measures:
@@ -17,16 +18,17 @@ objects.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from smolvla.apps.bench import BenchError
 from smolvla.data import DatasetWriter, LeRobotDataset, clear_video_cache, decode_frames
 
 
@@ -121,21 +123,27 @@ def run_case(root: Path, frames: np.ndarray, codec: str, episodes: int, length: 
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
-    p.add_argument("--codecs", nargs="+", default=["h264", "libsvtav1"])
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--length", type=int, default=100)
-    p.add_argument("--batches", type=int, default=40, help="timed batches per case")
-    p.add_argument("--frames", default=None, help="a .npy of uint8 (T, H, W, 3) frames; '{size}' is replaced")
-    args = p.parse_args()
+@dataclass(frozen=True)
+class BenchDataLoaderConfig:
+    """Recording and loading speed of the data layer, per camera size and video codec."""
+
+    sizes: tuple[int, ...] = (224, 128)  # camera sides in pixels, one case each
+    codecs: tuple[str, ...] = ("h264", "libsvtav1")  # video codecs, one case each
+    episodes: int = 20  # episodes recorded per case
+    length: int = 100  # frames per episode
+    batches: int = 40  # timed DataLoader batches per case
+    # a .npy of uint8 (T, H, W, 3) frames, '{size}' replaced by the size (None: synthetic frames)
+    frames: str | None = None
+
+
+def run(args: BenchDataLoaderConfig) -> None:
+    """One JSON line per (size, codec)."""
     torch.set_num_threads(1)
     for size in args.sizes:
         if args.frames:
             frames = np.load(args.frames.format(size=size))
             if frames.shape[1:] != (size, size, 3) or frames.dtype != np.uint8:
-                raise SystemExit(
+                raise BenchError(
                     f"--frames: {frames.shape} {frames.dtype}, expected (T, {size}, {size}, 3) uint8"
                 )
             source = args.frames.format(size=size)
@@ -148,7 +156,3 @@ def main() -> None:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             print(json.dumps({**result, "frames_source": source}), flush=True)
-
-
-if __name__ == "__main__":
-    main()

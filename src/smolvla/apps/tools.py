@@ -1,0 +1,231 @@
+"""The small commands: `info` (a checkpoint), `demo` (a policy on a sample observation), `dataset`
+(info | show | stats), each with its config dataclass (the flags) and the function that runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smolvla.config import TASK, preset
+from smolvla.errors import SmolVLAError
+from smolvla.policy import SmolVLAPolicy
+from smolvla.processing import sample_observation, unit_stats
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    path: str | None = None  # a checkpoint folder or a hub repo id
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    """Describe a checkpoint: features, cameras, parameters, dtypes."""
+
+    policy: CheckpointRef = field(default_factory=CheckpointRef)
+    json: bool = False  # print JSON instead of the table
+
+
+@dataclass(frozen=True)
+class DemoPolicyConfig:
+    path: str | None = None  # a checkpoint folder or hub repo id (None: --policy.preset, random weights)
+    preset: str = "tiny"  # the preset built with random weights when no path is given
+    device: str = "cpu"  # cpu, cuda, mps
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Run a policy on a sample observation and print its action chunk."""
+
+    policy: DemoPolicyConfig = field(default_factory=DemoPolicyConfig)
+    seed: int = 0  # seeds the sample observation, the noise and random weights
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    repo_id: str | None = None  # a dataset folder or a hub repo id
+
+
+@dataclass(frozen=True)
+class DatasetInfoConfig:
+    """Episodes, frames, fps, features, cameras, tasks and stats of a dataset."""
+
+    dataset: DatasetRef = field(default_factory=DatasetRef)
+    json: bool = False  # print JSON instead of the summary
+
+
+@dataclass(frozen=True)
+class DatasetShowConfig:
+    """An episode as an MP4 (cameras and instruction) and a PNG of its state and actions."""
+
+    dataset: DatasetRef = field(default_factory=DatasetRef)
+    episode_index: int = 0  # the episode to show
+    output_path: str | None = None  # the MP4 to write (the PNG goes beside it)
+
+
+@dataclass(frozen=True)
+class DatasetStatsConfig:
+    """Recompute a dataset's meta/stats.json from its data."""
+
+    dataset: DatasetRef = field(default_factory=DatasetRef)
+
+
+class MissingFlagError(SmolVLAError, ValueError):
+    """A flag the command cannot run without."""
+
+
+def _required(value: Any, flag: str, what: str) -> Any:
+    if value is None:
+        raise MissingFlagError(f"--{flag} is required: {what}")
+    return value
+
+
+def parameter_report(policy: SmolVLAPolicy) -> dict[str, Any]:
+    """Parameter counts per part, total and trainable."""
+    m = policy.model
+    vlm = m.vlm_with_expert.vlm
+    parts = {
+        "vision_tower": vlm.model.vision_model,
+        "connector": vlm.model.connector,
+        "embed_tokens": vlm.model.text_model.embed_tokens,
+        "text_layers": vlm.model.text_model.layers,
+        "lm_head (unused)": vlm.lm_head,
+        "action_expert": m.vlm_with_expert.lm_expert,
+    }
+    counts = {k: sum(p.numel() for p in v.parameters()) for k, v in parts.items()}
+    counts["projections"] = sum(
+        p.numel()
+        for mod in (
+            m.state_proj,
+            m.action_in_proj,
+            m.action_out_proj,
+            m.action_time_mlp_in,
+            m.action_time_mlp_out,
+        )
+        for p in mod.parameters()
+    )
+    return {
+        "total": sum(p.numel() for p in policy.parameters()),
+        "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+        "parts": counts,
+    }
+
+
+def info(path: str, as_json: bool = False) -> dict[str, Any]:
+    """Prints what a checkpoint holds (or its JSON) and returns it."""
+    policy = SmolVLAPolicy.from_pretrained(path)
+    cfg = policy.config
+    dtypes = Counter(str(d).removeprefix("torch.") for d in policy._file_dtypes.values())
+    folder = policy.pretrained_path
+    processors = sorted(p.name for p in folder.glob("policy_*processor*")) if folder else []
+    report = {
+        "checkpoint": str(folder),
+        "vlm_model_name": cfg.vlm_model_name,
+        "cameras": {k: list(f.shape) for k, f in cfg.image_features.items()},
+        "state": list(cfg.state_feature.shape) if cfg.state_feature else None,
+        "action": list(cfg.action_feature.shape),
+        "chunk_size": cfg.chunk_size,
+        "n_action_steps": cfg.n_action_steps,
+        "num_steps": cfg.num_steps,
+        "layers": {"vlm": cfg.num_vlm_layers, "expert": cfg.n_expert_layers},
+        "normalization": {k: v.value for k, v in cfg.normalization_mapping.items()},
+        "parameters": parameter_report(policy),
+        "file_dtypes": dict(dtypes),
+        "processor_files": processors,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return report
+    print(f"SmolVLA checkpoint {report['checkpoint']}")
+    print(
+        f"  backbone      {cfg.vlm_model_name} ({cfg.num_vlm_layers} layers kept), "
+        f"expert {cfg.n_expert_layers} layers"
+    )
+    for k, shape in report["cameras"].items():
+        print(f"  camera        {k} {shape}")
+    print(f"  state         {report['state']}   action {report['action']}")
+    print(
+        f"  chunk         {cfg.chunk_size} actions, {cfg.n_action_steps} executed per call, "
+        f"{cfg.num_steps} denoising steps"
+    )
+    par = report["parameters"]
+    print(f"  parameters    {par['total']:,} total, {par['trainable']:,} trainable")
+    for k, n in par["parts"].items():
+        print(f"    {k:<18}{n:>14,}")
+    print(f"  file dtypes   {dict(dtypes)}")
+    print(f"  processors    {', '.join(processors) or 'none (make them with the dataset stats)'}")
+    return report
+
+
+def demo(policy_path: str | None, preset_name: str, seed: int, device: str) -> torch.Tensor:
+    """Runs a policy end to end on a sample observation: raw frames -> preprocessor -> chunk -> actions."""
+    from smolvla.processing import make_pre_post_processors
+
+    torch.manual_seed(seed)
+    if policy_path:
+        policy = SmolVLAPolicy.from_pretrained(policy_path, device=device)
+        pre, post = make_pre_post_processors(policy.config, pretrained_path=policy_path, device=device)
+        source = policy_path
+    else:
+        cfg = dataclasses.replace(preset(preset_name), load_vlm_weights=False)
+        policy = SmolVLAPolicy.from_config(cfg).to(device).eval()
+        pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg), device=device)
+        source = f"preset '{preset_name}', random weights (untrained: the actions are noise-shaped)"
+    cfg = policy.config
+    obs = sample_observation(cfg, seed)
+    t0 = time.perf_counter()
+    batch = pre(obs)
+    chunk = policy.predict_action_chunk(batch)
+    actions = post(chunk)[0]  # (chunk_size, action_dim)
+    dt = time.perf_counter() - t0
+    print(f"policy: {source}")
+    cams = [f"{k} {v.shape}" for k, v in obs.items() if k.startswith("observation.images")]
+    print(f"observation: cameras {cams}")
+    print(f"task: {obs[TASK]!r}")
+    print(f"action chunk {tuple(actions.shape)} in {dt:.3f} s ({cfg.num_steps} denoising steps):")
+    np.set_printoptions(precision=3, suppress=True, linewidth=120)
+    rows = actions.numpy()
+    for i in list(range(min(5, len(rows)))) + ([len(rows) - 1] if len(rows) > 5 else []):
+        print(f"  t={i:>3}  {rows[i]}")
+    return actions
+
+
+def run_info(cfg: InfoConfig) -> None:
+    info(_required(cfg.policy.path, "policy.path", "a checkpoint folder or hub repo id"), cfg.json)
+
+
+def run_demo(cfg: DemoConfig) -> None:
+    demo(cfg.policy.path, cfg.policy.preset, cfg.seed, cfg.policy.device)
+
+
+def run_dataset_info(cfg: DatasetInfoConfig) -> None:
+    from smolvla.data.tools import info as dataset_info
+    from smolvla.data.tools import print_info
+
+    summary = dataset_info(_required(cfg.dataset.repo_id, "dataset.repo_id", "a dataset folder"))
+    print(json.dumps(summary, indent=2)) if cfg.json else print_info(summary)
+
+
+def run_dataset_show(cfg: DatasetShowConfig) -> None:
+    from smolvla.data.tools import show
+
+    root = _required(cfg.dataset.repo_id, "dataset.repo_id", "a dataset folder")
+    output = _required(cfg.output_path, "output_path", "the MP4 to write, e.g. episode.mp4")
+    mp4, png = show(root, cfg.episode_index, output)
+    print(f"wrote {mp4} and {png}")
+
+
+def run_dataset_stats(cfg: DatasetStatsConfig) -> None:
+    from smolvla.data.format import STATS_PATH
+    from smolvla.data.tools import recompute_stats
+
+    root = _required(cfg.dataset.repo_id, "dataset.repo_id", "a dataset folder")
+    recompute_stats(root)
+    print(f"wrote {Path(root) / STATS_PATH}")
