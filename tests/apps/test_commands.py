@@ -134,25 +134,23 @@ def test_the_docs_have_command_lines():
 @pytest.mark.parametrize(("where", "line"), doc_commands(), ids=[w for w, _ in doc_commands()])
 def test_doc_command_lines_parse(where, line, tmp_path, monkeypatch, capsys):
     """Each documented command builds its config (nothing runs): a wrong flag in the docs fails here.
-    The pages under docs/ must also use the current spelling (README.md is being rewritten to it)."""
+    Every page uses the current spelling: a deprecated one fails too."""
     argv = _argv(line)
     if "--help" in argv or "-h" in argv:
         assert cli.main(argv) == 0
         return
     monkeypatch.chdir(tmp_path)
     given = dict(a[2:].partition("=")[::2] for a in argv if a.startswith("--"))
-    if given.get("resume") == "true" and "output_dir" in given:
-        # resuming reads the run's own config from its last checkpoint: give the doc's folder one
-        saved = Path(given["output_dir"]) / "checkpoints" / "last" / "pretrained_model"
-        saved.mkdir(parents=True)
+    if given.get("resume") == "true":
+        # resuming reads the run's own config from its last checkpoint: give the doc's run one
+        run = given.get("output_dir") or given["config_path"].split("/checkpoints/")[0]
+        saved = Path(given.get("config_path") or f"{run}/checkpoints/last/pretrained_model/train_config.json")
+        saved.parent.mkdir(parents=True)
         cfg = TrainConfig(dataset=DatasetConfig(repo_id="data"), policy=TrainPolicyConfig(preset="tiny"))
-        (saved / "train_config.json").write_text(
-            json.dumps(dataclasses.replace(cfg, output_dir=given["output_dir"]).to_dict())
-        )
+        saved.write_text(json.dumps(dataclasses.replace(cfg, output_dir=run).to_dict()))
     command, config = cli.parse(argv)
     assert dataclasses.is_dataclass(config), (where, command)
-    if where.startswith("docs/"):
-        assert "deprecated" not in capsys.readouterr().err, f"{where}: {line}"
+    assert "deprecated" not in capsys.readouterr().err, f"{where}: {line}"
 
 
 def test_a_wrong_flag_in_a_doc_line_fails():

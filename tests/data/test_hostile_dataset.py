@@ -15,7 +15,7 @@ from smolvla.data import DatasetError, LeRobotDataset, LeRobotDatasetMeta, check
 from smolvla.data.check import check_mode
 from smolvla.data.tools import info
 from smolvla.train import TrainConfig, train
-from smolvla.train.config import DatasetConfig
+from smolvla.train.config import DatasetConfig, TrainPolicyConfig
 from tests.data import synth
 
 CAM = "observation.images.top"
@@ -213,7 +213,7 @@ def test_not_a_dataset_is_one_problem(tmp_path):
 def _train(ds: Path, out: Path, check: str = "quick") -> Path:
     cfg = TrainConfig(
         dataset=DatasetConfig(repo_id=str(ds), check=check),
-        policy_preset="micro",
+        policy=TrainPolicyConfig(preset="micro"),
         output_dir=str(out),
         steps=1,
         batch_size=2,

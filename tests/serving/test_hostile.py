@@ -140,7 +140,7 @@ def test_config_limits_are_checked(kwargs, match):
 
 @pytest.mark.parametrize("mb", [float("nan"), float("inf"), -1.0, 0.0, 1e6, True])
 def test_message_size_in_mib_is_checked(mb):
-    with pytest.raises(ConfigError, match=re.escape(f"--max-message-mb: got {mb!r}, expected a size in MiB")):
+    with pytest.raises(ConfigError, match=re.escape(f"--max_message_mb: got {mb!r}, expected a size in MiB")):
         ServerConfig.message_bytes(mb)
     assert ServerConfig.message_bytes(16.0) == 16 * MB
 
@@ -160,7 +160,7 @@ def test_port_in_use_from_the_command_line(micro_ckpt):
         port = taken.getsockname()[1]
         proc = subprocess.run(
             [sys.executable, "-m", "smolvla.apps.cli", "serve", f"--policy.path={micro_ckpt}", "--port",
-             str(port), "--log-level", "ERROR"],
+             str(port), "--log_level=ERROR"],
             capture_output=True, text=True, timeout=120,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )  # fmt: skip
@@ -269,3 +269,13 @@ def test_malformed_messages_give_an_observation_or_a_protocol_error(data):
         assert set(obs) >= {"task", "observation.state"} and all(isinstance(v, int) for v in fields.values())
         assert obs["observation.state"].dtype == np.float32 and math.isfinite(obs["observation.state"].sum())
     assert time.perf_counter() - t0 < 0.5
+
+
+@pytest.mark.parametrize("mb", ["nan", "inf", "-1"])
+def test_message_size_flag_is_one_line_before_the_policy_loads(mb, capsys):
+    from smolvla.apps.cli import main
+
+    # the path does not exist: the limit must be refused first, without loading anything
+    assert main(["serve", "--policy.path=/nonexistent/ckpt", f"--max_message_mb={mb}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--max_message_mb: got {float(mb)!r}, expected a size in MiB" in err[0], err

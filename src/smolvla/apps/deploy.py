@@ -1,7 +1,7 @@
 """`smolvla deploy sim`: the Meta-World robot driven in real time by the robot client against a policy
 server, synchronously or asynchronously, measured.
 
-    smolvla deploy sim --policy.path=DIR --env.task=drawer-close-v3 --mode=sync,async --fps=30 \\
+    smolvla deploy sim --policy.path=DIR --env.task=drawer-close-v3 --mode sync async --fps=30 \\
         --latency=1.0 --n_episodes=3 --output_dir=outputs/deploy
 
 Each variant (`sync`, `async`, `async+rtc`) runs the same episodes (task x seed). The server is a
@@ -174,7 +174,7 @@ def parse_variants(spec: str) -> list[str]:
     out = [v.strip() for v in spec.split(",") if v.strip()]
     bad = [v for v in out if v not in VARIANTS]
     if not out or bad:
-        raise ConfigError(f"--mode: got {spec!r}, expected a comma-separated list of {list(VARIANTS)}")
+        raise ConfigError(f"--mode: got {spec!r}, expected variants among {list(VARIANTS)}")
     return out
 
 
@@ -203,7 +203,7 @@ class DeployConfig:
 
     policy: ServePolicyConfig = field(default_factory=ServePolicyConfig)
     env: DeployEnvConfig = field(default_factory=DeployEnvConfig)
-    mode: str = "sync,async"  # comma-separated variants among sync, async, async+rtc
+    mode: tuple[str, ...] = ("sync", "async")  # variants to run, among sync, async, async+rtc
     fps: float = 30.0  # the robot's control rate
     latency: str = "auto"  # 'auto' (real inference time) or seconds per chunk the server pads to
     n_episodes: int = 3  # per task
@@ -229,7 +229,7 @@ def run_command(args: DeployConfig) -> dict[str, Any]:
         raise ConfigError("--env.task is required: Meta-World task(s), comma-separated")
     if args.aggregate not in AGGREGATE_FUNCTIONS:
         raise ConfigError(f"--aggregate: got {args.aggregate!r}, expected one of {list(AGGREGATE_FUNCTIONS)}")
-    variants = parse_variants(args.mode)
+    variants = parse_variants(",".join(args.mode))  # `--mode=sync,async` still reads as two
     latency = parse_latency(args.latency)
     tasks = tasks_for(args.env.task)
     if args.n_episodes < 1:

@@ -263,7 +263,7 @@ class ServerConfig:
         _check_int("max_connections", self.max_connections, 1, 10000)
 
     @staticmethod
-    def message_bytes(mb: Any, name: str = "--max-message-mb") -> int:
+    def message_bytes(mb: Any, name: str = "--max_message_mb") -> int:
         """`max_message_bytes` from a size in MiB (the command line's unit), or a ConfigError naming
         `name`: int(nan * 2**20) would otherwise fail with Python's own message."""
         lo, hi = 1024 / 2**20, MAX_MESSAGE_BYTES / 2**20
@@ -573,6 +573,7 @@ class ServeConfig:
     api_key_env: str | None = None
     max_message_mb: float = 16.0  # largest accepted message
     idle_timeout: float = 300.0  # close connections silent this long (s)
+    max_connections: int = 32  # past this many, new handshakes get HTTP 503; connected robots keep service
     # pad each inference to at least this many seconds: stands in for a slower model or device
     latency: float = 0.0
     rtc: ServeRTCConfig = field(default_factory=ServeRTCConfig)
@@ -609,20 +610,20 @@ def run_server(cfg: ServeConfig) -> None:
         if cfg.rtc.enabled
         else None
     )
+    # Checked before the policy loads: a bad limit should not cost a minute of loading first.
+    server_config = ServerConfig(
+        host=cfg.host,
+        port=cfg.port,
+        api_key=api_key,
+        max_message_bytes=ServerConfig.message_bytes(cfg.max_message_mb),
+        idle_timeout=cfg.idle_timeout,
+        max_connections=cfg.max_connections,
+    )
     p = cfg.policy
     engine = InferenceEngine.load(
         p.path, p.device, p.num_steps, p.inference_mode, rtc=rtc, latency=cfg.latency
     )
-    server = PolicyServer(
-        engine,
-        ServerConfig(
-            host=cfg.host,
-            port=cfg.port,
-            api_key=api_key,
-            max_message_bytes=int(cfg.max_message_mb * 2**20),
-            idle_timeout=cfg.idle_timeout,
-        ),
-    )
+    server = PolicyServer(engine, server_config)
 
     def ready(port: int) -> None:
         # One machine-readable line on stdout: `smolvla deploy` starts a server and reads its port here.
