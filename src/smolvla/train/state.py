@@ -36,9 +36,39 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / "checkpoints" / f"{step:06d}"
 
 
+def is_complete(folder: Path) -> bool:
+    """A checkpoint folder holding its weights and its training step (what resuming needs first)."""
+    return (folder / PRETRAINED / "model.safetensors").is_file() and (
+        folder / TRAINING_STATE / "training_step.json"
+    ).is_file()
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The complete `checkpoints/<step>` folders, oldest first (`last` and hidden build folders aside)."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.isdigit() and p.is_dir() and not p.is_symlink()]
+    return sorted((p for p in found if is_complete(p)), key=lambda p: int(p.name))
+
+
 def last_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint `last` names, when it names a complete one."""
     last = output_dir / "checkpoints" / LAST
-    return last.resolve() if last.exists() else None
+    return last.resolve() if last.exists() and is_complete(last.resolve()) else None
+
+
+def resume_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint a resume starts from: `last`, or the newest complete one when `last` is broken
+    (it is replaced atomically, so only a hand or a failing disk breaks it; the numbered folders are
+    renamed into place whole, so the newest of them is the last one saved)."""
+    found = complete_checkpoints(output_dir)
+    return last_checkpoint(output_dir) or (found[-1] if found else None)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint was saved at (its training_step.json)."""
+    return int(read_json_object(folder / TRAINING_STATE / "training_step.json")["step"])
 
 
 def save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
