@@ -190,3 +190,21 @@ def test_a_rerun_clears_only_a_training_runs_own_files(dataset, tmp_path):
     with pytest.raises(TrainingError, match=rf"--output_dir {out} holds no checkpoint but .*\(notes.txt\)"):
         run(dataset, out)
     assert (out / "notes.txt").read_text() == "my notes" and (out / "metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize(
+    "name", ["training_state/optimizer_state.safetensors", "pretrained_model/model.safetensors"]
+)
+def test_a_truncated_checkpoint_file_names_the_file_and_the_way_back(dataset, tmp_path, name):
+    out = run(dataset, tmp_path / "run", "--steps=2", "--save_freq=1")
+    damaged = out / "checkpoints" / "000002" / name
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    last = out / "checkpoints" / "last"
+    with pytest.raises(TrainingError, match=rf"{damaged}: not .*ln -sfn 000001 {last}\)") as e:
+        resume(out, "--steps=3")
+    assert "\n" not in str(e.value)
+    # following the message works
+    last.unlink()
+    last.symlink_to("000001")
+    resume(out, "--steps=3")
+    assert last.resolve().name == "000003" and steps_logged(out) == [1, 2, 3]

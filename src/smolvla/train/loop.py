@@ -11,6 +11,7 @@ Determinism is by construction, so that resuming and multi-process training repr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,6 +19,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from smolvla.train.state import (
     LAST,
     PRETRAINED,
     checkpoint_step,
+    complete_checkpoints,
     last_checkpoint,
     load_training_state,
     resume_checkpoint,
@@ -213,10 +216,11 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         )
 
     if resume_from is not None:
-        policy = SmolVLAPolicy.from_pretrained(resume_from / PRETRAINED)
-        pre, post = make_pre_post_processors(
-            policy.config, pretrained_path=resume_from / PRETRAINED, device=str(device)
-        )
+        with _loading(resume_from, out):
+            policy = SmolVLAPolicy.from_pretrained(resume_from / PRETRAINED)
+            pre, post = make_pre_post_processors(
+                policy.config, pretrained_path=resume_from / PRETRAINED, device=str(device)
+            )
     elif cfg.policy.path:
         policy = SmolVLAPolicy.from_pretrained(cfg.policy.path, **cfg.policy.overrides)
         policy = _with_config(policy, pcfg)
@@ -246,7 +250,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     sched = make_scheduler(opt, pcfg, cfg.steps)
     step, epoch, batch_in_epoch = 0, 0, 0
     if resume_from is not None:
-        info = load_training_state(resume_from, opt, sched)
+        with _loading(resume_from, out):
+            info = load_training_state(resume_from, opt, sched)
         step, epoch, batch_in_epoch = info["step"], info["epoch"], info["batch_in_epoch"]
     model: torch.nn.Module = policy
     if world > 1:
@@ -480,6 +485,23 @@ def _check_output_dir(out: Path, cfg: TrainConfig, rank: int) -> Path | None:
         for p in left:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return None
+
+
+@contextlib.contextmanager
+def _loading(ckpt: Path, out: Path) -> Iterator[None]:
+    """A checkpoint damaged after it was written (kill -9 cannot: see train.state) names the way back."""
+    try:
+        yield
+    except SmolVLAError as e:
+        older = [p.name for p in complete_checkpoints(out) if int(p.name) < int(ckpt.name)]
+        way = (
+            f"point checkpoints/last at an earlier one (ln -sfn {older[-1]} {out / 'checkpoints' / LAST}) "
+            if older
+            else ""
+        )
+        raise TrainingError(
+            f"--resume=true: checkpoint {ckpt} is damaged ({e}); {way}or start a new run in another folder"
+        ) from None
 
 
 def _evaluate(cfg: TrainConfig, ckpt: Path, out: Path) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from smolvla.checkpoint import CheckpointError
 from smolvla.io import read_json_object, write_atomic, write_json
 
 PRETRAINED = "pretrained_model"
@@ -84,9 +86,23 @@ def save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
     write_json(folder / "optimizer_param_groups.json", sd["param_groups"])
 
 
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return read_json_object(path, error=CheckpointError)
+
+
 def load_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
-    groups = json.loads((folder / "optimizer_param_groups.json").read_text())
-    tensors = load_file(folder / "optimizer_state.safetensors")
+    try:
+        groups = json.loads((folder / "optimizer_param_groups.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'optimizer_param_groups.json'}: not readable JSON ({e})") from None
+    tensors = _tensors(folder / "optimizer_state.safetensors")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         _, pid, name = key.split(".", 2)
@@ -159,9 +175,9 @@ def load_training_state(
     """Restores optimizer, scheduler and RNGs from a checkpoint folder; returns training_step.json."""
     state = folder / TRAINING_STATE
     load_optimizer(opt, state)
-    scheduler.load_state_dict(read_json_object(state / "scheduler_state.json"))
-    set_rng_state(load_file(state / "rng_state.safetensors"), read_json_object(state / "rng_state.json"))
-    return read_json_object(state / "training_step.json")
+    scheduler.load_state_dict(_json(state / "scheduler_state.json"))
+    set_rng_state(_tensors(state / "rng_state.safetensors"), _json(state / "rng_state.json"))
+    return _json(state / "training_step.json")
 
 
 def _fsync_tree(root: Path) -> None:
