@@ -65,12 +65,15 @@ def _train_prepare(argv: list[str]) -> list[str]:
     given = dict(a[2:].partition("=")[::2] for a in argv)
     if given.get("resume", "false").lower() not in ("true", "1", "yes") or "config_path" in given:
         return argv
-    from smolvla.train.state import PRETRAINED, resume_checkpoint
+    from smolvla.train.state import LAST, PRETRAINED, resume_checkpoint
 
     if not given.get("output_dir"):
         raise UsageError("--resume=true needs --output_dir=DIR (the run to continue) or --config_path")
     out = Path(given["output_dir"])
-    ckpt = resume_checkpoint(out)
+    # training checks the checkpoint itself; here only its config is needed
+    ckpt = out / "checkpoints" / LAST
+    if not (ckpt / PRETRAINED / "train_config.json").is_file():
+        ckpt = resume_checkpoint(out)
     if ckpt is None or not (ckpt / PRETRAINED / "train_config.json").is_file():
         raise UsageError(
             f"--resume=true but {out} holds no checkpoint (the run stopped before its first one): there is "
