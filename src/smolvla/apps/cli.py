@@ -177,7 +177,7 @@ def commands() -> tuple[Command, ...]:
         ),
         Command(
             "dataset",
-            "look at a dataset: info | show | stats --dataset.repo_id=DIR",
+            "look at a dataset: info | show | stats | check --dataset.repo_id=DIR",
             subcommands=(
                 Command(
                     "info",
@@ -201,6 +201,12 @@ def commands() -> tuple[Command, ...]:
                     tools.DatasetStatsConfig,
                     tools.run_dataset_stats,
                     positional="dataset.repo_id",
+                ),
+                Command(
+                    "check",
+                    "check files, headers and rows against the metadata (--full=true: decode every frame)",
+                    tools.DatasetCheckConfig,
+                    tools.run_dataset_check,
                 ),
             ),
         ),
