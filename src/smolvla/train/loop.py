@@ -183,7 +183,12 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     rank, world = _dist()
     device = _device(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
-    resume_from = _check_output_dir(out, cfg, rank)
+    # Rank 0 decides first and may clear a dead run's files; the others look after it has.
+    resume_from = _check_output_dir(out, cfg, rank) if rank == 0 else None
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        resume_from = _check_output_dir(out, cfg, rank)
     if resume_from is not None:
         saved = TrainConfig.from_dict(
             json.loads((resume_from / PRETRAINED / "train_config.json").read_text())
@@ -461,8 +466,8 @@ def _check_output_dir(out: Path, cfg: TrainConfig, rank: int) -> Path | None:
             f"--output_dir {out} already holds a run; pass --resume=true to continue it "
             "or choose a new folder"
         )
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
+    if rank != 0 or not out.is_dir() or not any(out.iterdir()):
+        return None  # only rank 0 clears (it did, before the others got here)
     left = sorted(out.iterdir())
     ckpts = out / "checkpoints"
     # Before its first checkpoint is renamed into place, a run's checkpoints/ holds only hidden build
@@ -475,15 +480,13 @@ def _check_output_dir(out: Path, cfg: TrainConfig, rank: int) -> Path | None:
             f"--output_dir {out} holds no checkpoint but files a training run does not write "
             f"({', '.join(str(p.relative_to(out)) for p in strange[:5])}); choose a new folder"
         )
-    if rank == 0:
-        log.warning(
-            "%s holds no complete checkpoint (a run stopped before its first one); starting over, "
-            "clearing %s",
-            out,
-            ", ".join(p.name for p in left),
-        )
-        for p in left:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    log.warning(
+        "%s holds no complete checkpoint (a run stopped before its first one); starting over, clearing %s",
+        out,
+        ", ".join(p.name for p in left),
+    )
+    for p in left:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return None
 
 
