@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import smolvla
 from smolvla.apps.cli import main, parse
 from smolvla.errors import SmolVLAError
 from smolvla.train import TrainingError, train
@@ -84,7 +85,9 @@ def straight(dataset, tmp_path_factory) -> Path:
 
 
 def killed(dataset: Path, out: Path, where: str, at: int) -> None:
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    # the child runs the smolvla this test imported (the checkout under test), and finds tests.data
+    src = Path(smolvla.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{REPO}"}
     cmd = [sys.executable, "-c", CHILD, where, str(at), *argv(dataset, out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
