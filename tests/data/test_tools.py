@@ -57,3 +57,36 @@ def test_show_rejects_a_missing_episode(tmp_path, capsys):
     synth.write(root, [4], synth.features(size=16, cams=("top",)))
     assert main(["dataset", "show", str(root), "--episode", "3", "--output", str(tmp_path / "x.mp4")]) == 2
     assert "--episode_index: got 3, expected 0..0" in capsys.readouterr().err
+
+
+def test_check_passes_a_sound_dataset(tmp_path, capsys):
+    root = tmp_path / "ds"
+    synth.write(root, [6, 9], synth.features(size=16, cams=("top",)))
+    assert main(["dataset", "check", f"--dataset.repo_id={root}"]) == 0
+    out = capsys.readouterr().out
+    assert f"{root}: quick check, sound" in out and "episodes        2" in out and "frames          15" in out
+    assert "problem" not in out
+    assert main(["dataset", "check", f"--dataset.repo_id={root}", "--full=true", "--json=true"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["full"] and report["frames_decoded"] == 15 and report["problems"] == []
+
+
+def test_check_fails_naming_each_problem(tmp_path, capsys):
+    root = tmp_path / "ds"
+    synth.write(root, [6, 9], synth.features(size=16, cams=("top",)))
+    video = next((root / "videos").rglob("*.mp4"))
+    video.unlink()
+    info_json = root / "meta" / "info.json"
+    info_json.write_text(json.dumps({**json.loads(info_json.read_text()), "total_frames": 40}))
+    assert main(["dataset", "check", f"--dataset.repo_id={root}"]) == 2
+    captured = capsys.readouterr()
+    problems = [line for line in captured.out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2, captured.out
+    assert any(f"{video}:" in p and "is missing" in p for p in problems)
+    assert any("total_frames is 40, but the episodes hold 15 frames" in p for p in problems)
+    assert (
+        captured.err.strip() == f"smolvla dataset check: error: {root}: 2 problem(s) found by the quick check"
+    )
+    assert main(["dataset", "check", f"--dataset.repo_id={root}", "--json=true"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and len(report["problems"]) == 2

@@ -65,14 +65,21 @@ def _train_prepare(argv: list[str]) -> list[str]:
     given = dict(a[2:].partition("=")[::2] for a in argv)
     if given.get("resume", "false").lower() not in ("true", "1", "yes") or "config_path" in given:
         return argv
-    from smolvla.train.state import PRETRAINED
+    from smolvla.train.state import LAST, PRETRAINED, resume_checkpoint
 
     if not given.get("output_dir"):
         raise UsageError("--resume=true needs --output_dir=DIR (the run to continue) or --config_path")
-    path = Path(given["output_dir"]) / "checkpoints" / "last" / PRETRAINED / "train_config.json"
-    if not path.is_file():
-        raise UsageError(f"--resume=true: {given['output_dir']} holds no checkpoint ({path} is missing)")
-    return [f"--config_path={path}", *argv]
+    out = Path(given["output_dir"])
+    # training checks the checkpoint itself; here only its config is needed
+    ckpt = out / "checkpoints" / LAST
+    if not (ckpt / PRETRAINED / "train_config.json").is_file():
+        ckpt = resume_checkpoint(out)
+    if ckpt is None or not (ckpt / PRETRAINED / "train_config.json").is_file():
+        raise UsageError(
+            f"--resume=true but {out} holds no checkpoint (the run stopped before its first one): there is "
+            "nothing to resume; run the same command without --resume=true to start over in it"
+        )
+    return [f"--config_path={ckpt / PRETRAINED / 'train_config.json'}", *argv]
 
 
 def _run_eval(cfg: Any) -> None:
@@ -170,7 +177,7 @@ def commands() -> tuple[Command, ...]:
         ),
         Command(
             "dataset",
-            "look at a dataset: info | show | stats --dataset.repo_id=DIR",
+            "look at a dataset: info | show | stats | check --dataset.repo_id=DIR",
             subcommands=(
                 Command(
                     "info",
@@ -194,6 +201,12 @@ def commands() -> tuple[Command, ...]:
                     tools.DatasetStatsConfig,
                     tools.run_dataset_stats,
                     positional="dataset.repo_id",
+                ),
+                Command(
+                    "check",
+                    "check files, headers and rows against the metadata (--full=true: decode every frame)",
+                    tools.DatasetCheckConfig,
+                    tools.run_dataset_check,
                 ),
             ),
         ),

@@ -1,5 +1,5 @@
 """The small commands: `info` (a checkpoint), `demo` (a policy on a sample observation), `dataset`
-(info | show | stats), each with its config dataclass (the flags) and the function that runs it."""
+(info | show | stats | check), each with its config dataclass (the flags) and the function that runs it."""
 
 from __future__ import annotations
 
@@ -75,6 +75,20 @@ class DatasetStatsConfig:
     """Recompute a dataset's meta/stats.json from its data."""
 
     dataset: DatasetRef = field(default_factory=DatasetRef)
+
+
+@dataclass(frozen=True)
+class DatasetCheckConfig:
+    """Check a dataset against its own metadata: every file present and readable, the metadata true to
+    the data. Exits 0 when it is sound, 2 listing every problem otherwise."""
+
+    dataset: DatasetRef = field(default_factory=DatasetRef)
+    full: bool = False  # also decode every frame of every camera (slow); quick: files, headers, rows
+    json: bool = False  # print JSON instead of the summary
+
+
+class DatasetProblemsError(SmolVLAError, ValueError):
+    """`smolvla dataset check` found problems (listed on stdout)."""
 
 
 class MissingFlagError(SmolVLAError, ValueError):
@@ -229,3 +243,25 @@ def run_dataset_stats(cfg: DatasetStatsConfig) -> None:
     root = _required(cfg.dataset.repo_id, "dataset.repo_id", "a dataset folder")
     recompute_stats(root)
     print(f"wrote {Path(root) / STATS_PATH}")
+
+
+def run_dataset_check(cfg: DatasetCheckConfig) -> None:
+    from smolvla.data.check import check_dataset
+
+    root = _required(cfg.dataset.repo_id, "dataset.repo_id", "a dataset folder")
+    report = check_dataset(root, full=cfg.full)
+    mode = "full" if cfg.full else "quick"
+    if cfg.json:
+        print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2))
+    else:
+        print(f"{root}: {mode} check, {'sound' if report.ok else f'{len(report.problems)} problem(s)'}")
+        print(f"  episodes        {report.episodes}")
+        print(f"  frames          {report.frames}")
+        print(f"  files checked   {report.files_checked}")
+        decoded = "" if cfg.full else " (--full=true decodes every frame)"
+        print(f"  frames decoded  {report.frames_decoded}{decoded}")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+    if not report.ok:
+        # exit 2, as any bad input: a script or CI step can stop on an unsound dataset
+        raise DatasetProblemsError(f"{root}: {len(report.problems)} problem(s) found by the {mode} check")

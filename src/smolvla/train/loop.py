@@ -11,12 +11,15 @@ Determinism is by construction, so that resuming and multi-process training repr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,22 @@ from tqdm import tqdm
 from smolvla.config import ACTION, ACTION_IS_PAD, OBS_STATE, FeatureType, PolicyFeature, SmolVLAConfig, preset
 from smolvla.errors import SmolVLAError
 from smolvla.hardware import native_bf16
+from smolvla.io import write_atomic
 from smolvla.policy import SmolVLAPolicy
 from smolvla.train.config import TrainConfig, default_output_dir, resume_changes
 from smolvla.train.optim import make_optimizer, make_scheduler
-from smolvla.train.state import PRETRAINED, last_checkpoint, load_training_state, save_checkpoint
+from smolvla.train.state import (
+    LAST,
+    PRETRAINED,
+    checkpoint_step,
+    complete_checkpoints,
+    last_checkpoint,
+    load_training_state,
+    resume_checkpoint,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(SmolVLAError, RuntimeError):
@@ -168,7 +183,12 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     rank, world = _dist()
     device = _device(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
-    resume_from = _check_output_dir(out, cfg)
+    # Rank 0 decides first and may clear a dead run's files; the others look after it has.
+    resume_from = _check_output_dir(out, cfg, rank) if rank == 0 else None
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        resume_from = _check_output_dir(out, cfg, rank)
     if resume_from is not None:
         saved = TrainConfig.from_dict(
             json.loads((resume_from / PRETRAINED / "train_config.json").read_text())
@@ -201,10 +221,11 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         )
 
     if resume_from is not None:
-        policy = SmolVLAPolicy.from_pretrained(resume_from / PRETRAINED)
-        pre, post = make_pre_post_processors(
-            policy.config, pretrained_path=resume_from / PRETRAINED, device=str(device)
-        )
+        with _loading(resume_from, out):
+            policy = SmolVLAPolicy.from_pretrained(resume_from / PRETRAINED)
+            pre, post = make_pre_post_processors(
+                policy.config, pretrained_path=resume_from / PRETRAINED, device=str(device)
+            )
     elif cfg.policy.path:
         policy = SmolVLAPolicy.from_pretrained(cfg.policy.path, **cfg.policy.overrides)
         policy = _with_config(policy, pcfg)
@@ -234,7 +255,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     sched = make_scheduler(opt, pcfg, cfg.steps)
     step, epoch, batch_in_epoch = 0, 0, 0
     if resume_from is not None:
-        info = load_training_state(resume_from, opt, sched)
+        with _loading(resume_from, out):
+            info = load_training_state(resume_from, opt, sched)
         step, epoch, batch_in_epoch = info["step"], info["epoch"], info["batch_in_epoch"]
     model: torch.nn.Module = policy
     if world > 1:
@@ -268,7 +290,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     )
 
     metrics_file = out / "metrics.jsonl"
-    logger = _Logger(out, cfg, enabled=rank == 0)
+    logger = _Logger(out, cfg, enabled=rank == 0, resumed_at=step if resume_from is not None else None)
     bar = tqdm(
         total=cfg.steps, initial=step, disable=not (progress and rank == 0), unit="step", dynamic_ncols=True
     )
@@ -410,19 +432,79 @@ def _augment(raw: dict, augment: Any, cameras: list[str], seed: int, gstep: int,
     return raw
 
 
-def _check_output_dir(out: Path, cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, or None for a new run; refuses to mix two runs in one folder."""
-    last = last_checkpoint(out)
+# What a run writes into its output folder besides checkpoints. A folder holding only these and no
+# complete checkpoint is a run that stopped (kill -9, OOM, Ctrl-C) before its first checkpoint: there is
+# nothing to resume, and its logs describe weights that no longer exist, so a new run may clear them.
+RUN_FILES = ("metrics.jsonl", "training_curves.png", "tensorboard", "wandb", "eval", "checkpoints")
+
+
+def _check_output_dir(out: Path, cfg: TrainConfig, rank: int) -> Path | None:
+    """The checkpoint to resume from, or None for a new run; refuses to mix two runs in one folder, and
+    clears what a run that never reached a checkpoint left (only its own files) so a rerun can start."""
+    last = resume_checkpoint(out)
+    if last is not None and last_checkpoint(out) is None:
+        log.warning(
+            "%s does not name a complete checkpoint; using the newest one, %s",
+            out / "checkpoints" / "last",
+            last,
+        )
     if cfg.resume:
         if last is None:
-            raise TrainingError(f"--resume=true but {out} holds no checkpoint (checkpoints/last)")
+            raise TrainingError(
+                f"--resume=true but {out} holds no checkpoint (the run stopped before its first one): there "
+                "is nothing to resume; run the same command without --resume=true to start over in it"
+            )
+        step = checkpoint_step(last)
+        if cfg.steps <= step:
+            raise TrainingError(
+                f"--steps={cfg.steps}: the run in {out} is at step {step} already (checkpoint {last.name}); "
+                f"pass --steps greater than {step} to train further, e.g. --steps={2 * step}"
+            )
         return last
-    if out.exists() and any(out.iterdir()):
+    if last is not None:
         raise TrainingError(
             f"--output_dir {out} already holds a run; pass --resume=true to continue it "
             "or choose a new folder"
         )
+    if rank != 0 or not out.is_dir() or not any(out.iterdir()):
+        return None  # only rank 0 clears (it did, before the others got here)
+    left = sorted(out.iterdir())
+    ckpts = out / "checkpoints"
+    # Before its first checkpoint is renamed into place, a run's checkpoints/ holds only hidden build
+    # folders and a `last` naming nothing; anything else there (or beside) is not this kind of leftover.
+    strange = [p for p in left if p.name not in RUN_FILES or (p == ckpts and not p.is_dir())]
+    if ckpts.is_dir():
+        strange += [p for p in ckpts.iterdir() if not (p.name.startswith(".") or p.name == LAST)]
+    if strange:
+        raise TrainingError(
+            f"--output_dir {out} holds no checkpoint but files a training run does not write "
+            f"({', '.join(str(p.relative_to(out)) for p in strange[:5])}); choose a new folder"
+        )
+    log.warning(
+        "%s holds no complete checkpoint (a run stopped before its first one); starting over, clearing %s",
+        out,
+        ", ".join(p.name for p in left),
+    )
+    for p in left:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return None
+
+
+@contextlib.contextmanager
+def _loading(ckpt: Path, out: Path) -> Iterator[None]:
+    """A checkpoint damaged after it was written (kill -9 cannot: see train.state) names the way back."""
+    try:
+        yield
+    except SmolVLAError as e:
+        older = [p.name for p in complete_checkpoints(out) if int(p.name) < int(ckpt.name)]
+        way = (
+            f"point checkpoints/last at an earlier one (ln -sfn {older[-1]} {out / 'checkpoints' / LAST}) "
+            if older
+            else ""
+        )
+        raise TrainingError(
+            f"--resume=true: checkpoint {ckpt} is damaged ({e}); {way}or start a new run in another folder"
+        ) from None
 
 
 def _evaluate(cfg: TrainConfig, ckpt: Path, out: Path) -> dict[str, Any]:
@@ -444,18 +526,27 @@ def _evaluate(cfg: TrainConfig, ckpt: Path, out: Path) -> dict[str, Any]:
 class _Logger:
     """metrics.jsonl always; TensorBoard if installed; wandb if asked for and installed."""
 
-    def __init__(self, out: Path, cfg: TrainConfig, enabled: bool) -> None:
+    def __init__(self, out: Path, cfg: TrainConfig, enabled: bool, resumed_at: int | None = None) -> None:
         self.enabled = enabled
         self.records: list[dict] = []
         self.tb = self.wandb = None
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
-        self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        metrics = out / "metrics.jsonl"
+        if resumed_at is not None and metrics.is_file():
+            # The steps logged after the checkpoint, before the run stopped, are about to be trained and
+            # logged again: keep each step once.
+            kept = _records_up_to(metrics, resumed_at)
+            write_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            plot_curves(metrics, out / "training_curves.png")
+        self.file = open(metrics, "a")  # noqa: SIM115 (closed in close())
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tensorboard"))
+            # purge_step drops the events past the checkpoint for the same reason
+            purge = resumed_at + 1 if resumed_at is not None else None
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=purge)
         except ImportError:
             pass
         if cfg.wandb.enable:
@@ -486,6 +577,19 @@ class _Logger:
         if self.wandb is not None:
             self.wandb.finish()
         plot_curves(metrics_file, metrics_file.parent / "training_curves.png")
+
+
+def _records_up_to(metrics_file: Path, step: int) -> list[dict[str, Any]]:
+    """The records of steps up to `step`; a line cut short by a kill is dropped."""
+    kept = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(rec)
+    return kept
 
 
 def plot_curves(metrics_file: Path, png: Path) -> None:

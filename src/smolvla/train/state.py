@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from smolvla.checkpoint import CheckpointError
 from smolvla.io import read_json_object, write_atomic, write_json
 
 PRETRAINED = "pretrained_model"
@@ -36,9 +38,39 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / "checkpoints" / f"{step:06d}"
 
 
+def is_complete(folder: Path) -> bool:
+    """A checkpoint folder holding its weights and its training step (what resuming needs first)."""
+    return (folder / PRETRAINED / "model.safetensors").is_file() and (
+        folder / TRAINING_STATE / "training_step.json"
+    ).is_file()
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The complete `checkpoints/<step>` folders, oldest first (`last` and hidden build folders aside)."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.isdigit() and p.is_dir() and not p.is_symlink()]
+    return sorted((p for p in found if is_complete(p)), key=lambda p: int(p.name))
+
+
 def last_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint `last` names, when it names a complete one."""
     last = output_dir / "checkpoints" / LAST
-    return last.resolve() if last.exists() else None
+    return last.resolve() if last.exists() and is_complete(last.resolve()) else None
+
+
+def resume_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint a resume starts from: `last`, or the newest complete one when `last` is broken
+    (it is replaced atomically, so only a hand or a failing disk breaks it; the numbered folders are
+    renamed into place whole, so the newest of them is the last one saved)."""
+    found = complete_checkpoints(output_dir)
+    return last_checkpoint(output_dir) or (found[-1] if found else None)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint was saved at (its training_step.json)."""
+    return int(read_json_object(folder / TRAINING_STATE / "training_step.json")["step"])
 
 
 def save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
@@ -54,9 +86,23 @@ def save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
     write_json(folder / "optimizer_param_groups.json", sd["param_groups"])
 
 
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return read_json_object(path, error=CheckpointError)
+
+
 def load_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
-    groups = json.loads((folder / "optimizer_param_groups.json").read_text())
-    tensors = load_file(folder / "optimizer_state.safetensors")
+    try:
+        groups = json.loads((folder / "optimizer_param_groups.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'optimizer_param_groups.json'}: not readable JSON ({e})") from None
+    tensors = _tensors(folder / "optimizer_state.safetensors")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         _, pid, name = key.split(".", 2)
@@ -129,9 +175,9 @@ def load_training_state(
     """Restores optimizer, scheduler and RNGs from a checkpoint folder; returns training_step.json."""
     state = folder / TRAINING_STATE
     load_optimizer(opt, state)
-    scheduler.load_state_dict(read_json_object(state / "scheduler_state.json"))
-    set_rng_state(load_file(state / "rng_state.safetensors"), read_json_object(state / "rng_state.json"))
-    return read_json_object(state / "training_step.json")
+    scheduler.load_state_dict(_json(state / "scheduler_state.json"))
+    set_rng_state(_tensors(state / "rng_state.safetensors"), _json(state / "rng_state.json"))
+    return _json(state / "training_step.json")
 
 
 def _fsync_tree(root: Path) -> None:
