@@ -247,7 +247,7 @@ def commands() -> tuple[Command, ...]:
         ),
         Command(
             "deploy",
-            "drive the Meta-World robot through the server in real time: deploy sim --mode=sync,async",
+            "drive the Meta-World robot through the server in real time: deploy sim --mode sync async",
             subcommands=(
                 Command(
                     "sim",
