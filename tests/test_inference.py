@@ -1,4 +1,4 @@
-"""Inference preparation (smolvla.inference): fused and quantized paths against the plain policy."""
+"""Inference preparation (smolvla.model.inference): fused and quantized paths against the plain policy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ import torch
 from safetensors.torch import load_file
 
 from smolvla.config import preset
-from smolvla.inference import InferenceModeError, Int8Linear, MappedEmbedding, resolve_mode
 from smolvla.model.backbone import MLP, SelfAttention, VisionAttention
+from smolvla.model.inference import (
+    FusedMLP,
+    FusedSelfAttention,
+    FusedVisionAttention,
+    InferenceModeError,
+    Int8Linear,
+    KVOnlyAttention,
+    MappedEmbedding,
+    resolve_mode,
+)
 from smolvla.policy import SmolVLAPolicy
 from tests.conftest import make_batch, require_shared
 
@@ -33,9 +42,18 @@ def test_fused_fp32_equals_plain_policy(name):
     ref = _actions(policy)
     fast = copy.deepcopy(policy).prepare_for_inference("fp32")
     mods = list(fast.modules())
-    assert not any(isinstance(m, MLP) and m.gate_up is None for m in mods)
-    assert not any(isinstance(m, VisionAttention) and m.qkv is None for m in mods)
-    assert any(isinstance(m, SelfAttention) and m.qkv is not None for m in mods)
+    assert not any(isinstance(m, (MLP, VisionAttention)) for m in mods)  # all swapped for fused ones
+    assert any(isinstance(m, FusedMLP) for m in mods) and any(
+        isinstance(m, FusedVisionAttention) for m in mods
+    )
+    vwe = fast.model.vlm_with_expert
+    for i, kind in enumerate(vwe.kinds):  # the expert's cross-attention keeps its own projections
+        layer = vwe.expert_layer(i)
+        if layer is not None:
+            assert isinstance(layer.self_attn, SelfAttention if kind == "ca" else FusedSelfAttention)
+    text = vwe.vlm.model.text_model.layers
+    assert isinstance(text[vwe.last_used].self_attn, KVOnlyAttention) and text[vwe.last_used].mlp is None
+    assert all(isinstance(layer.self_attn, FusedSelfAttention) for layer in text[: vwe.last_used])
     assert fast.model.vlm_with_expert.vlm.lm_head is None
     assert (_actions(fast) - ref).abs().max().item() <= 1e-5
 

@@ -135,7 +135,7 @@ class SmolVLAPolicy(nn.Module):
             config = config.override(**overrides)
         backbone, backbone_dir = resolve_backbone(config, folder)
         if inference_mode is not None:
-            from smolvla.inference import load_prepared
+            from smolvla.model.inference import load_prepared
 
             if device is not None and torch.device(device).type != "cpu":
                 raise BatchError(
@@ -221,10 +221,10 @@ class SmolVLAPolicy(nn.Module):
         return self
 
     def prepare_for_inference(self, mode: str = "auto") -> SmolVLAPolicy:
-        """Makes this policy inference-only and faster (smolvla.inference): fused q/k/v and gate/up
+        """Makes this policy inference-only and faster (smolvla.model.inference): fused q/k/v and gate/up
         GEMMs, unused weights dropped, and "fp32", "bf16" or "int8" weights ("auto": the fastest this
         CPU runs natively). Training and saving are refused afterwards."""
-        from smolvla.inference import prepare
+        from smolvla.model.inference import prepare
 
         prepare(self, mode)
         return self

@@ -90,7 +90,7 @@ def _median(xs: list[float]) -> float:
 def matmul_peak(threads: int, seconds: float = 1.0) -> dict[str, Any]:
     """GFLOP/s of one large GEMM (2048^3, and the vision tower's 2048x768x3072) per dtype."""
     from smolvla.hardware import int8_supported
-    from smolvla.inference import Int8Linear
+    from smolvla.model.inference import Int8Linear
 
     torch.set_num_threads(threads)
     out: dict[str, Any] = {"case": "matmul", "threads": threads}
@@ -197,7 +197,7 @@ def _count_flops(policy: torch.nn.Module, run) -> float:
     """FLOPs of run(): torch's counter, plus the int8 GEMMs it does not see (counted by hooks)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from smolvla.inference import Int8Linear
+    from smolvla.model.inference import Int8Linear
 
     extra = [0]
 
@@ -274,7 +274,7 @@ def inference_case(
     flops = _count_flops(policy, chunk)
     totals = [a + b + c for _, a, b, c in samples]
     med = statistics.median(totals)
-    from smolvla.inference import param_bytes
+    from smolvla.model.inference import param_bytes
 
     return {
         "case": "inference",
