@@ -189,3 +189,22 @@ def test_training_with_frozen_vlm_skips_its_graph_with_the_same_loss_and_gradien
             assert (param.grad - grads[name].grad).abs().max().item() <= 1e-5, name
             checked += 1
     assert checked > 10
+
+
+def test_both_loaders_report_key_mismatches_the_same_way(tmp_path):
+    from safetensors.torch import save_file
+
+    from smolvla.checkpoint import CheckpointError
+
+    _policy("micro").save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.extra.weight"] = torch.zeros(2)
+    tensors.pop("model.state_proj.bias")
+    save_file(tensors, tmp_path / "model.safetensors")
+    messages = []
+    for mode in (None, "fp32"):
+        with pytest.raises(CheckpointError, match=r"1 missing, 1 unexpected") as e:
+            SmolVLAPolicy.from_pretrained(tmp_path, inference_mode=mode)
+        messages.append(str(e.value))
+        assert "model.state_proj.bias" in messages[-1] and "model.extra.weight" in messages[-1]
+    assert messages[0] == messages[1]
