@@ -1,4 +1,4 @@
-"""Inference preparation (smolvla.inference): fused and quantized paths against the plain policy."""
+"""Inference preparation (smolvla.model.inference): fused and quantized paths against the plain policy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ import torch
 from safetensors.torch import load_file
 
 from smolvla.config import preset
-from smolvla.inference import InferenceModeError, Int8Linear, MappedEmbedding, resolve_mode
 from smolvla.model.backbone import MLP, SelfAttention, VisionAttention
+from smolvla.model.inference import (
+    FusedMLP,
+    FusedSelfAttention,
+    FusedVisionAttention,
+    InferenceModeError,
+    Int8Linear,
+    KVOnlyAttention,
+    MappedEmbedding,
+    resolve_mode,
+)
 from smolvla.policy import SmolVLAPolicy
 from tests.conftest import make_batch, require_shared
 
@@ -33,9 +42,18 @@ def test_fused_fp32_equals_plain_policy(name):
     ref = _actions(policy)
     fast = copy.deepcopy(policy).prepare_for_inference("fp32")
     mods = list(fast.modules())
-    assert not any(isinstance(m, MLP) and m.gate_up is None for m in mods)
-    assert not any(isinstance(m, VisionAttention) and m.qkv is None for m in mods)
-    assert any(isinstance(m, SelfAttention) and m.qkv is not None for m in mods)
+    assert not any(isinstance(m, (MLP, VisionAttention)) for m in mods)  # all swapped for fused ones
+    assert any(isinstance(m, FusedMLP) for m in mods) and any(
+        isinstance(m, FusedVisionAttention) for m in mods
+    )
+    vwe = fast.model.vlm_with_expert
+    for i, kind in enumerate(vwe.kinds):  # the expert's cross-attention keeps its own projections
+        layer = vwe.expert_layer(i)
+        if layer is not None:
+            assert isinstance(layer.self_attn, SelfAttention if kind == "ca" else FusedSelfAttention)
+    text = vwe.vlm.model.text_model.layers
+    assert isinstance(text[vwe.last_used].self_attn, KVOnlyAttention) and text[vwe.last_used].mlp is None
+    assert all(isinstance(layer.self_attn, FusedSelfAttention) for layer in text[: vwe.last_used])
     assert fast.model.vlm_with_expert.vlm.lm_head is None
     assert (_actions(fast) - ref).abs().max().item() <= 1e-5
 
@@ -171,3 +189,22 @@ def test_training_with_frozen_vlm_skips_its_graph_with_the_same_loss_and_gradien
             assert (param.grad - grads[name].grad).abs().max().item() <= 1e-5, name
             checked += 1
     assert checked > 10
+
+
+def test_both_loaders_report_key_mismatches_the_same_way(tmp_path):
+    from safetensors.torch import save_file
+
+    from smolvla.checkpoint import CheckpointError
+
+    _policy("micro").save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.extra.weight"] = torch.zeros(2)
+    tensors.pop("model.state_proj.bias")
+    save_file(tensors, tmp_path / "model.safetensors")
+    messages = []
+    for mode in (None, "fp32"):
+        with pytest.raises(CheckpointError, match=r"1 missing, 1 unexpected") as e:
+            SmolVLAPolicy.from_pretrained(tmp_path, inference_mode=mode)
+        messages.append(str(e.value))
+        assert "model.state_proj.bias" in messages[-1] and "model.extra.weight" in messages[-1]
+    assert messages[0] == messages[1]

@@ -10,7 +10,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from smolvla.model.vla import make_att_2d_masks
 from smolvla.policy import SmolVLAPolicy
 from tests.conftest import require_shared
 
@@ -39,25 +38,18 @@ def test_image_embedding(parity):
 
 def test_prefix_embeddings(parity):
     policy, batch, ref, _ = parity
-    images, masks, tokens, token_mask, state = policy._prepare_inputs(batch)
-    prefix = policy.model.embed_prefix(images, masks, tokens, token_mask, state)
+    prefix = policy.model.embed_prefix(policy.prepare_observation(batch))
     assert maxdiff(prefix.embs, ref["out.prefix_embs"]) <= 1e-4
 
 
 def test_first_step_velocity(parity):
     policy, batch, ref, _ = parity
     model = policy.model
-    images, masks, tokens, token_mask, state = policy._prepare_inputs(batch)
-    prefix = model.embed_prefix(images, masks, tokens, token_mask, state)
-    cache = model.vlm_with_expert.prefill(
-        prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), prefix.pad.cumsum(1) - 1
-    )
-    s, b = policy.config.chunk_size, state.shape[0]
-    suffix_mask = make_att_2d_masks(torch.ones(b, s, dtype=torch.bool), torch.ones(b, s, dtype=torch.long))
-    positions = prefix.pad.sum(1, keepdim=True) + torch.arange(s)[None]
+    obs = policy.prepare_observation(batch)
+    t = torch.ones(obs.batch_size)
     with torch.no_grad():
-        v = model.velocity(ref["in.infer_noise"], torch.ones(b), cache, prefix.pad, suffix_mask, positions)
-        v_joint = model.joint_velocity(prefix, ref["in.infer_noise"], torch.ones(b))
+        v = model.velocity(ref["in.infer_noise"], t, model.prefill(obs))
+        v_joint = model.velocity(ref["in.infer_noise"], t, model.prefill(obs, use_cache=False))
     assert maxdiff(v, ref["out.v_t_first_step"]) <= 1e-4
     # the training path (one joint pass) and the cached inference path agree
     assert maxdiff(v_joint, ref["out.v_t_first_step"]) <= 1e-4
@@ -76,14 +68,9 @@ def test_loss(parity):
     try:
         train = dict(batch, action=ref["in.action"], action_is_pad=ref["in.action_is_pad"])
         loss, info = policy(train, noise=ref["in.train_noise"], time=ref["in.train_time"])
-        images, masks, tokens, token_mask, state = policy._prepare_inputs(batch)
         actions = torch.nn.functional.pad(ref["in.action"], (0, 32 - 6))
         losses = policy.model(
-            images,
-            masks,
-            tokens,
-            token_mask,
-            state,
+            policy.prepare_observation(batch),
             actions,
             noise=ref["in.train_noise"],
             time=ref["in.train_time"],

@@ -32,12 +32,23 @@ def test_select_action_queues_one_chunk(micro_policy, monkeypatch):
     assert len(calls) == 4
 
 
-def test_n_action_steps_shorter_than_chunk(micro_cfg):
+def test_n_action_steps_shorter_than_chunk(micro_cfg, monkeypatch):
+    # chunk_size 4, n_action_steps 2: each chunk's first two actions are executed, then it re-plans
     policy = SmolVLAPolicy.from_config(dataclasses.replace(micro_cfg, n_action_steps=2))
-    batch = make_batch(policy.config)
-    for _ in range(4):
-        a = policy.select_action(batch)
-    assert a.shape == (2, 2)
+    cfg = policy.config
+    assert cfg.chunk_size > cfg.n_action_steps
+    batch = make_batch(cfg)
+    noise = torch.randn(2, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(4))
+    chunk = policy.predict_action_chunk(batch, noise=noise)  # (2, 4, 2)
+    calls = []
+    real = policy.model.sample_actions
+    monkeypatch.setattr(policy.model, "sample_actions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    actions = [policy.select_action(batch, noise=noise) for _ in range(5)]
+    assert len(calls) == 3  # steps 0, 2 and 4 plan; 1 and 3 pop the queue
+    assert all(a.shape == (2, 2) for a in actions)
+    expected = [chunk[:, 0], chunk[:, 1]] * 2 + [chunk[:, 0]]  # same observation and noise: same chunk
+    for i, (a, e) in enumerate(zip(actions, expected, strict=True)):
+        assert torch.equal(a, e), i
 
 
 def test_training_loss_is_finite_and_only_trainable_parts_get_gradients(micro_policy):
@@ -66,8 +77,8 @@ def test_empty_cameras_fill_missing_ones(micro_cfg):
     policy = SmolVLAPolicy.from_config(dataclasses.replace(micro_cfg, empty_cameras=1))
     batch = make_batch(policy.config)
     del batch["observation.images.camera2"]
-    images, masks, *_ = policy._prepare_inputs(batch)
-    assert len(images) == 2 and bool((images[1] == -1).all()) and not masks[1].any()
+    obs = policy.prepare_observation(batch)
+    assert len(obs.images) == 2 and bool((obs.images[1] == -1).all()) and not obs.image_masks[1].any()
     assert policy.predict_action_chunk(batch).shape == (2, 4, 2)
 
 

@@ -7,7 +7,10 @@ that saving writes the file back bit-identically.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,27 +31,49 @@ class CheckpointError(SmolVLAError, ValueError):
     """A checkpoint file is missing, corrupt, or does not fit the model."""
 
 
+class SafetensorsFile:
+    """A safetensors file, read a few tensors at a time through `safe_open`.
+
+    Each tensor read is a view of a private copy-on-write mapping of the file: only the pages touched
+    are read, they stay resident only while a tensor of that read is alive, and writing to a tensor
+    never changes the file. So a loader that converts one block at a time holds one block of the file
+    at a time, and a tensor kept as it is (an embedding table) pages in only the rows looked up."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with self._open() as f:
+            self._keys = list(f.keys())
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def read(self, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors `keys` (all when None), as stored (dtypes kept)."""
+        with self._open() as f:
+            return {k: f.get_tensor(k) for k in (self._keys if keys is None else keys)}
+
+    @contextmanager
+    def _open(self) -> Iterator[Any]:
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                yield f
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path}: no such file") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{self.path}: not a valid safetensors file ({e})") from e
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, as stored (dtypes kept)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
+    return SafetensorsFile(path).read()
 
 
-def load_state(
-    module: nn.Module, tensors: dict[str, torch.Tensor], source: str, ignore_prefixes: tuple[str, ...] = ()
-) -> dict[str, torch.dtype]:
-    """Copies `tensors` into `module` (casting to each parameter's dtype). Every parameter must be
-    given and every tensor must be used: a mismatch raises, listing missing and unexpected keys.
-    Returns the dtype each tensor had in the file."""
-    params = module.state_dict()
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(ignore_prefixes)}
-    missing = sorted(set(params) - set(tensors))
-    unexpected = sorted(set(tensors) - set(params))
+def check_keys(expected: Iterable[str], found: Iterable[str], source: str) -> None:
+    """Raises CheckpointError unless `found` (a file's keys) are exactly `expected` (a model's),
+    listing the missing and unexpected keys."""
+    expected, found = set(expected), set(found)
+    missing = sorted(expected - found)
+    unexpected = sorted(found - expected)
     if missing or unexpected:
         legacy = [
             k
@@ -66,16 +91,32 @@ def load_state(
             f"({len(missing)} missing, {len(unexpected)} unexpected)."
             f"\n  missing: {_short(missing)}\n  unexpected: {_short(unexpected)}{hint}"
         )
+
+
+def check_tensor(t: torch.Tensor, p: torch.Tensor, key: str, source: str) -> None:
+    """A file's tensor `t` fits the model's parameter `p`: same shape, finite floating point."""
+    if tuple(t.shape) != tuple(p.shape):
+        raise CheckpointError(
+            f"{source}: {key} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}"
+        )
+    if not t.is_floating_point() or not torch.isfinite(t).all():
+        raise CheckpointError(f"{source}: {key} is not a finite floating-point tensor")
+
+
+def load_state(
+    module: nn.Module, tensors: dict[str, torch.Tensor], source: str, ignore_prefixes: tuple[str, ...] = ()
+) -> dict[str, torch.dtype]:
+    """Copies `tensors` into `module` (casting to each parameter's dtype). Every parameter must be
+    given and every tensor must be used: a mismatch raises, listing missing and unexpected keys.
+    Returns the dtype each tensor had in the file."""
+    params = module.state_dict()
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(ignore_prefixes)}
+    check_keys(params, tensors, source)
     dtypes = {}
     with torch.no_grad():
         for k, p in params.items():
             t = tensors[k]
-            if tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(
-                    f"{source}: {k} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}"
-                )
-            if not t.is_floating_point() or not torch.isfinite(t).all():
-                raise CheckpointError(f"{source}: {k} is not a finite floating-point tensor")
+            check_tensor(t, p, k, source)
             p.copy_(t)
             dtypes[k] = t.dtype
     return dtypes

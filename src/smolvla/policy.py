@@ -39,7 +39,7 @@ from smolvla.config import (
 from smolvla.errors import SmolVLAError
 from smolvla.hub import resolve_dir
 from smolvla.io import write_json
-from smolvla.model.vla import VLAFlowMatching
+from smolvla.model.vla import Guidance, Observation, VLAFlowMatching
 from smolvla.processing.images import resize_with_pad
 
 
@@ -135,7 +135,7 @@ class SmolVLAPolicy(nn.Module):
             config = config.override(**overrides)
         backbone, backbone_dir = resolve_backbone(config, folder)
         if inference_mode is not None:
-            from smolvla.inference import load_prepared
+            from smolvla.model.inference import load_prepared
 
             if device is not None and torch.device(device).type != "cpu":
                 raise BatchError(
@@ -221,10 +221,10 @@ class SmolVLAPolicy(nn.Module):
         return self
 
     def prepare_for_inference(self, mode: str = "auto") -> SmolVLAPolicy:
-        """Makes this policy inference-only and faster (smolvla.inference): fused q/k/v and gate/up
+        """Makes this policy inference-only and faster (smolvla.model.inference): fused q/k/v and gate/up
         GEMMs, unused weights dropped, and "fp32", "bf16" or "int8" weights ("auto": the fastest this
         CPU runs natively). Training and saving are refused afterwards."""
-        from smolvla.inference import prepare
+        from smolvla.model.inference import prepare
 
         prepare(self, mode)
         return self
@@ -279,8 +279,8 @@ class SmolVLAPolicy(nn.Module):
             )
         if reduction not in ("mean", "none"):
             raise BatchError(f"reduction: got {reduction!r}, expected 'mean' or 'none'")
-        images, img_masks, tokens, token_mask, state = self._prepare_inputs(batch)
-        actions = self._check_actions(batch, state.shape[0])
+        obs = self.prepare_observation(batch)
+        actions = self._check_actions(batch, obs.batch_size)
         a = actions.shape[-1]
         is_pad = batch.get(ACTION_IS_PAD)
         if is_pad is None:
@@ -291,11 +291,7 @@ class SmolVLAPolicy(nn.Module):
                 f"expected bool of shape {tuple(actions.shape[:2])}"
             )
         losses = self.model(
-            images,
-            img_masks,
-            tokens,
-            token_mask,
-            state,
+            obs,
             self._pad(actions, self.config.max_action_dim),
             noise=self._check_noise(noise, actions.shape[0]),
             time=time,
@@ -320,19 +316,17 @@ class SmolVLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(
-        self, batch: dict[str, Any], noise: torch.Tensor | None = None, num_steps: int | None = None
+        self,
+        batch: dict[str, Any] | Observation,
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        guidance: Guidance | None = None,
     ) -> torch.Tensor:
-        """A chunk of normalized actions (B, chunk_size, action_dim)."""
-        images, img_masks, tokens, token_mask, state = self._prepare_inputs(batch)
-        x = self.model.sample_actions(
-            images,
-            img_masks,
-            tokens,
-            token_mask,
-            state,
-            noise=self._check_noise(noise, state.shape[0]),
-            num_steps=num_steps,
-        )
+        """A chunk of normalized actions (B, chunk_size, action_dim). `batch` may already be an
+        Observation (`prepare_observation`); `guidance`: a hook on each Euler step (RTC's)."""
+        obs = batch if isinstance(batch, Observation) else self.prepare_observation(batch)
+        noise = self._check_noise(noise, obs.batch_size)
+        x = self.model.sample_actions(obs, noise=noise, num_steps=num_steps, guidance=guidance)
         return x[:, :, : self.config.action_feature.shape[0]]
 
     @torch.no_grad()
@@ -345,14 +339,16 @@ class SmolVLAPolicy(nn.Module):
 
     # -- batch preparation (validated) ---------------------------------------------------------------
 
-    def _prepare_inputs(self, batch: dict[str, Any]) -> tuple:
+    def prepare_observation(self, batch: dict[str, Any]) -> Observation:
+        """The network's input from a preprocessed batch, every field validated: images to [-1, 1]
+        (resized with padding, empty cameras filled), state padded to max_state_dim."""
         if not isinstance(batch, dict):
             raise BatchError(f"batch: got {type(batch).__name__}, expected a dict of tensors")
         state = self._prepare_state(batch)
         b = state.shape[0]
         images, img_masks = self._prepare_images(batch, b)
         tokens, token_mask = self._prepare_language(batch, b)
-        return images, img_masks, tokens, token_mask, state
+        return Observation(images, img_masks, tokens, token_mask, state)
 
     def _prepare_images(self, batch: dict[str, Any], b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cfg = self.config

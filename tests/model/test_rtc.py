@@ -74,3 +74,25 @@ def test_real_time_chunker_guides_toward_the_unexecuted_rest(micro_policy, micro
     assert rtc.last_prefix_len == micro_cfg.chunk_size - 2 and rtc.prev_timestep == 12
     rtc.reset()
     assert rtc.remainder(12) is None
+
+
+def test_a_guidance_hook_replaces_each_euler_step(micro_policy, micro_cfg):
+    batch = make_batch(micro_cfg)
+    noise = torch.randn(
+        2, micro_cfg.chunk_size, micro_cfg.max_action_dim, generator=torch.Generator().manual_seed(5)
+    )
+    seen = []
+
+    def same(x_t, t, velocity_fn):  # the identity hook: the unguided step
+        seen.append(t)
+        return velocity_fn(x_t)
+
+    expected = micro_policy.predict_action_chunk(batch, noise, num_steps=4)
+    torch.testing.assert_close(
+        micro_policy.predict_action_chunk(batch, noise, 4, guidance=same), expected, rtol=0, atol=0
+    )
+    assert seen == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    zero = micro_policy.predict_action_chunk(
+        batch, noise, 4, guidance=lambda x_t, t, fn: torch.zeros_like(x_t)
+    )
+    torch.testing.assert_close(zero, noise[:, :, : micro_cfg.action_feature.shape[0]])  # no velocity: x stays

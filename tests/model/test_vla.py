@@ -57,20 +57,15 @@ def test_joint_pass_equals_cached_inference(name):
     policy = policy_for(**VARIANTS[name])
     cfg = policy.config
     batch = make_batch(cfg)
-    images, masks, tokens, token_mask, state = policy._prepare_inputs(batch)
+    obs = policy.prepare_observation(batch)
     model = policy.model
-    prefix = model.embed_prefix(images, masks, tokens, token_mask, state)
-    b, s = state.shape[0], cfg.chunk_size
+    prefix = model.embed_prefix(obs)
+    b, s = obs.batch_size, cfg.chunk_size
     x = torch.randn(b, s, cfg.max_action_dim)
     t = torch.tensor([0.3, 0.9])
     with torch.no_grad():
-        v_joint = model.joint_velocity(prefix, x, t)
-        cache = model.vlm_with_expert.prefill(
-            prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), prefix.pad.cumsum(1) - 1
-        )
-        mask = make_att_2d_masks(torch.ones(b, s, dtype=torch.bool), torch.ones(b, s, dtype=torch.long))
-        pos = prefix.pad.sum(1, keepdim=True) + torch.arange(s)[None]
-        v_cached = model.velocity(x, t, cache, prefix.pad, mask, pos)
+        v_joint = model.velocity(x, t, model.prefill(obs, use_cache=False))
+        v_cached = model.velocity(x, t, model.prefill(obs, use_cache=True))
     assert torch.allclose(v_joint, v_cached, atol=1e-5), (v_joint - v_cached).abs().max()
     noise = torch.randn(b, s, cfg.max_action_dim)
     other = policy_for(**{**VARIANTS[name], "use_cache": not cfg.use_cache})
@@ -98,8 +93,7 @@ def test_gradients_reach_every_trainable_parameter(name):
 def test_actions_attend_causally():
     policy = policy_for()
     cfg = policy.config
-    images, masks, tokens, token_mask, state = policy._prepare_inputs(make_batch(cfg))
-    prefix = policy.model.embed_prefix(images, masks, tokens, token_mask, state)
+    prefix = policy.model.embed_prefix(policy.prepare_observation(make_batch(cfg)))
     x = torch.randn(2, cfg.chunk_size, cfg.max_action_dim)
     x2 = x.clone()
     x2[:, -1] += 1.0  # perturb only the last action token
@@ -163,12 +157,12 @@ def test_rope_base_is_10000_split_half():
 def test_vision_tower_calls_of_any_size_give_the_same_prefix():
     policy = policy_for().eval()
     batch = make_batch(policy.config, 3)
-    images, masks, tokens, tmask, state = policy._prepare_inputs(batch)
+    obs = policy.prepare_observation(batch)
     model = policy.model
     out = {}
     for budget in (1, 32, None):  # one image per call, two, all at once (16 patches per image)
         model.vision_tokens_per_call = budget
         with torch.no_grad():
-            out[budget] = model.embed_prefix(images, masks, tokens, tmask, state).embs
+            out[budget] = model.embed_prefix(obs).embs
     torch.testing.assert_close(out[1], out[None], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[32], out[None], rtol=1e-5, atol=1e-6)

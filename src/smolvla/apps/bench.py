@@ -92,7 +92,7 @@ def _median(xs: list[float]) -> float:
 def matmul_peak(threads: int, seconds: float = 1.0) -> dict[str, Any]:
     """GFLOP/s of one large GEMM (2048^3, and the vision tower's 2048x768x3072) per dtype."""
     from smolvla.hardware import int8_supported
-    from smolvla.inference import Int8Linear
+    from smolvla.model.inference import Int8Linear
 
     torch.set_num_threads(threads)
     out: dict[str, Any] = {"case": "matmul", "threads": threads}
@@ -199,7 +199,7 @@ def _count_flops(policy: torch.nn.Module, run) -> float:
     """FLOPs of run(): torch's counter, plus the int8 GEMMs it does not see (counted by hooks)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from smolvla.inference import Int8Linear
+    from smolvla.model.inference import Int8Linear
 
     extra = [0]
 
@@ -224,7 +224,6 @@ def inference_case(
     num_steps: int | None,
     actions_out: Path,
 ) -> dict[str, Any]:
-    from smolvla.model.vla import make_att_2d_masks
     from smolvla.policy import SmolVLAPolicy
 
     torch.set_num_threads(threads)
@@ -240,25 +239,27 @@ def inference_case(
     noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1))
     model = policy.model
 
+    vision = [0.0]  # seconds in the vision tower and connector, timed by hooks inside prefill
+
+    def start(*_: Any) -> None:
+        vision[0] -= time.perf_counter()
+
+    def stop(*_: Any) -> None:
+        vision[0] += time.perf_counter()
+
+    for part in (model.vlm_with_expert.vlm.model.vision_model, model.vlm_with_expert.vlm.model.connector):
+        part.register_forward_pre_hook(start)
+        part.register_forward_hook(stop)
+
     @torch.no_grad()
     def chunk() -> tuple[torch.Tensor, float, float, float]:
+        vision[0] = 0.0
         t0 = time.perf_counter()
-        images, masks, tokens, tmask, state = policy._prepare_inputs(batch)
-        prefix = model.embed_prefix(images, masks, tokens, tmask, state)
+        obs = policy.prepare_observation(batch)
+        cache = model.prefill(obs)
         t1 = time.perf_counter()
-        cache = model.vlm_with_expert.prefill(
-            prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), prefix.pad.cumsum(1) - 1
-        )
-        t2 = time.perf_counter()
-        s = cfg.chunk_size
-        x = noise.clone()
-        mask = make_att_2d_masks(torch.ones(1, s, dtype=torch.bool), torch.ones(1, s, dtype=torch.long))
-        pos = prefix.pad.sum(1, keepdim=True) + torch.arange(s)[None]
-        dt = -1.0 / steps
-        for step in range(steps):  # the Euler loop of VLAFlowMatching.sample_actions
-            t = torch.full((1,), 1.0 + step * dt, dtype=torch.float32)
-            x = x + dt * model.velocity(x, t, cache, prefix.pad, mask, pos)
-        return x, t1 - t0, t2 - t1, time.perf_counter() - t2
+        x = model.sample_actions(obs, noise=noise, num_steps=steps, cache=cache)  # the Euler loop alone
+        return x, vision[0], t1 - t0 - vision[0], time.perf_counter() - t1
 
     chunk()  # warm-up
     _reset_peak_rss()
@@ -275,7 +276,7 @@ def inference_case(
     flops = _count_flops(policy, chunk)
     totals = [a + b + c for _, a, b, c in samples]
     med = statistics.median(totals)
-    from smolvla.inference import param_bytes
+    from smolvla.model.inference import param_bytes
 
     return {
         "case": "inference",

@@ -104,7 +104,7 @@ class EvalConfig:
     videos: bool = True  # one MP4 per task, of its first episode
     device: str = "cpu"
     policy_type: str = "smolvla"
-    inference_mode: str | None = None  # smolvla.inference: fp32 | bf16 | int8 | auto (None: as loaded)
+    inference_mode: str | None = None  # smolvla.model.inference: fp32 | bf16 | int8 | auto (None: as loaded)
 
     def __post_init__(self) -> None:
         tasks = self.tasks
@@ -129,7 +129,7 @@ class EvalConfig:
                 "(the scripted expert has no checkpoint)"
             )
         if self.inference_mode is not None:
-            from smolvla.inference import resolve_mode
+            from smolvla.model.inference import resolve_mode
 
             resolve_mode(self.inference_mode)  # raises, naming the mode and the choices
         _positive("n_episodes", self.n_episodes)

@@ -107,15 +107,11 @@ class VisionAttention(nn.Module):
         e = cfg.hidden_size
         self.heads = cfg.num_attention_heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(e, e) for _ in range(4))
-        self.qkv: nn.Module | None = None  # q|k|v as one GEMM, set by smolvla.inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, e = x.shape
-        shape = (b, n, self.heads, e // self.heads)
-        if self.qkv is not None:
-            q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).unbind(2)
-        else:
-            q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        shape = (b, n, self.heads, e // self.heads)  # (B, N, H, Dh)
+        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
         return self.out_proj(attention(q, k, v, None))
 
 
@@ -213,22 +209,29 @@ class SelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.cross = kv_in is not None  # k/v read another stream (the VLM's keys and values)
         kv_in = hidden if kv_in is None else kv_in  # cross-attention layers project the VLM's k/v
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(kv_in, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(kv_in, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
-        # Set by smolvla.inference: fused projections (q|k|v from one input; k|v alone in a layer whose
-        # queries are never used), and the dtype inputs are cast to once int8 weights hide it (fp32).
-        self.qkv: nn.Module | None = None
-        self.kv: nn.Module | None = None
-        self.compute_dtype: torch.dtype | None = None
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the projections take their input in."""
-        return self.compute_dtype or self.o_proj.weight.dtype
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """x (B, L, W) -> q (B, L, H, Dh), k and v (B, L, KV, Dh)."""
+        b, n = x.shape[:2]
+        return (
+            self.q_proj(x).view(b, n, -1, self.head_dim),
+            self.k_proj(x).view(b, n, -1, self.head_dim),
+            self.v_proj(x).view(b, n, -1, self.head_dim),
+        )
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q_proj(x).view(*x.shape[:2], -1, self.head_dim)
+
+    def project_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention: k and v (B, P, KV_in) of the other stream -> (B, P, KV, Dh) each."""
+        k2 = self.k_proj(k).view(*k.shape[:2], -1, self.head_dim)
+        v2 = self.v_proj(v).view(*v.shape[:2], -1, self.head_dim)
+        return k2, v2
 
 
 class MLP(nn.Module):
@@ -237,12 +240,8 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-        self.gate_up: nn.Module | None = None  # gate|up as one GEMM, set by smolvla.inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up is not None:
-            gate, up = self.gate_up(x).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -256,41 +255,26 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hidden, cfg.rms_norm_eps)
         self.mlp = MLP(hidden, intermediate)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the layer computes in: its weights' (a layer is cast as a whole)."""
+        return self.input_layernorm.weight.dtype
+
     def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """h (B, L, W) -> q (B, L, H, D), k and v (B, L, KV, D). q is None when the layer was pruned
-        to its keys and values (the last VLM layer the expert reads, prepared for inference)."""
-        a = self.self_attn
-        x = self.input_layernorm(h).to(a.dtype)
-        b, n = x.shape[:2]
-        if a.qkv is not None:
-            kv = a.kv_heads * a.head_dim
-            q, k, v = a.qkv(x).split([a.heads * a.head_dim, kv, kv], dim=-1)
-            return q.view(b, n, -1, a.head_dim), k.view(b, n, -1, a.head_dim), v.view(b, n, -1, a.head_dim)
-        if a.kv is not None:
-            k, v = a.kv(x).view(b, n, 2, -1, a.head_dim).unbind(2)
-            return None, k, v
-        return (
-            a.q_proj(x).view(b, n, -1, a.head_dim),
-            a.k_proj(x).view(b, n, -1, a.head_dim),
-            a.v_proj(x).view(b, n, -1, a.head_dim),
-        )
+        """h (B, L, W) -> q (B, L, H, Dh) (None in a layer kept only for its keys and values),
+        k and v (B, L, KV, Dh)."""
+        return self.self_attn.qkv(self.input_layernorm(h).to(self.dtype))
 
     def query(self, h: torch.Tensor) -> torch.Tensor:
-        a = self.self_attn
-        x = self.input_layernorm(h).to(a.dtype)
-        return a.q_proj(x).view(*x.shape[:2], -1, a.head_dim)
+        return self.self_attn.query(self.input_layernorm(h).to(self.dtype))
 
     def project_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention: the expert's k/v of the VLM's (rotated) keys and values. (B, P, KV, D) each."""
-        a = self.self_attn
-        k, v = k.flatten(2).to(a.dtype), v.flatten(2).to(a.dtype)
-        k2 = a.k_proj(k).view(*k.shape[:2], -1, a.head_dim)
-        v2 = a.v_proj(v).view(*v.shape[:2], -1, a.head_dim)
-        return k2, v2
+        """Cross-attention: the expert's k/v of the VLM's (rotated) keys and values. (B, P, KV, Dh) each."""
+        return self.self_attn.project_kv(k.flatten(2).to(self.dtype), v.flatten(2).to(self.dtype))
 
     def finish(self, h: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """Residual attention output, then the residual MLP. att (B, L, H*D)."""
-        o = self.self_attn.o_proj(att.to(self.self_attn.dtype))
+        """Residual attention output, then the residual MLP. att (B, L, H*Dh)."""
+        o = self.self_attn.o_proj(att.to(self.dtype))
         h = (o + h).to(o.dtype)  # the stream takes the layer's dtype, as LeRobot's in-place add does
         return h + self.mlp(self.post_attention_layernorm(h))
 

@@ -14,10 +14,9 @@ the new chunk can arrive, so they must match), decaying to 0 at `execution_horiz
 exponential), 0 after. w_t = min(beta, (1 - tau) / tau * ((1 - tau)^2 + tau^2) / (1 - tau)^2), with
 tau = 1 - t, is the paper's guidance weight clamped at beta (`max_guidance_weight`).
 
-This drives the policy's public pieces (`_prepare_inputs`, `embed_prefix`, `vlm_with_expert.prefill`,
-`velocity`) with its own Euler loop, so without a previous chunk it gives exactly
-`policy.predict_action_chunk`'s result for the same noise. Everything is in the policy's normalized
-action space.
+RTC is a guidance hook (`RTCGuidance`) on the model's one Euler loop (`VLAFlowMatching.sample_actions`):
+without a previous chunk no hook is passed, so the result is exactly `policy.predict_action_chunk`'s for
+the same noise. Everything is in the policy's normalized action space.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from smolvla.config import ConfigError
-from smolvla.model.vla import make_att_2d_masks
+from smolvla.model.vla import Observation
 
 SCHEDULES = ("linear", "exp", "ones", "zeros")
 
@@ -81,7 +80,59 @@ def guidance_weight(t: float, max_weight: float) -> float:
     return min(w, max_weight)
 
 
-@torch.no_grad()
+class RTCGuidance:
+    """The guidance hook: v' = v - w_t * J^T (W * (Y - x1)) at each Euler step (see the module doc).
+
+    target Y and weights W: (B or 1, S, max_action_dim), zero on padded action dims."""
+
+    def __init__(self, target: torch.Tensor, weights: torch.Tensor, max_guidance_weight: float) -> None:
+        self.target, self.weights, self.max_guidance_weight = target, weights, max_guidance_weight
+
+    def __call__(self, x_t: torch.Tensor, t: float, velocity_fn) -> torch.Tensor:
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            v = velocity_fn(x)
+            x1 = x - t * v  # the clean chunk this step predicts
+            err = ((self.target - x1) * self.weights).detach()
+            (correction,) = torch.autograd.grad(x1, x, grad_outputs=err)  # J^T err
+        return v.detach() - guidance_weight(t, self.max_guidance_weight) * correction
+
+
+def rtc_guidance(
+    prev_chunk: torch.Tensor | None,
+    inference_delay: int,
+    shape: tuple[int, int, int],
+    action_dim: int,
+    config: RTCConfig = RTCConfig(),
+    device: torch.device | str = "cpu",
+) -> RTCGuidance | None:
+    """The hook guiding a chunk of `shape` (B, chunk_size, max_action_dim) toward `prev_chunk`
+    (B, L <= chunk_size, action_dim), or None when there is nothing to guide toward (no previous
+    chunk, L = 0, or all prefix weights zero)."""
+    if not isinstance(inference_delay, int) or inference_delay < 0:
+        raise ConfigError(f"inference_delay: got {inference_delay!r}, expected a non-negative integer")
+    if prev_chunk is None or (prev_chunk.ndim == 3 and prev_chunk.shape[1] == 0):
+        return None
+    b, s, max_action_dim = shape
+    a = action_dim
+    if (
+        prev_chunk.ndim != 3
+        or prev_chunk.shape[0] != b
+        or prev_chunk.shape[1] > s
+        or prev_chunk.shape[2] != a
+    ):
+        raise ConfigError(f"prev_chunk: got shape {tuple(prev_chunk.shape)}, expected ({b}, L <= {s}, {a})")
+    n = prev_chunk.shape[1]
+    target = torch.zeros(b, s, max_action_dim, device=device)
+    target[:, :n, :a] = prev_chunk.to(device=device, dtype=torch.float32)
+    w = prefix_weights(inference_delay, min(config.execution_horizon, n), s, config.schedule)
+    weights = torch.zeros(1, s, max_action_dim, device=device)
+    weights[:, :, :a] = w.to(device)[None, :, None]  # padded action dims are not guided
+    if not bool(weights.any()):
+        return None
+    return RTCGuidance(target, weights, config.max_guidance_weight)
+
+
 def sample_actions_rtc(
     policy: Any,
     batch: dict[str, Any],
@@ -95,62 +146,11 @@ def sample_actions_rtc(
     the previous chunk's actions from the new observation's step on (L <= chunk_size; L = 0 or None
     gives unguided sampling). `inference_delay`: how many of those run before this chunk can arrive."""
     cfg = policy.config
-    model = policy.model
+    obs: Observation = policy.prepare_observation(batch)
+    shape = (obs.batch_size, cfg.chunk_size, cfg.max_action_dim)
     a = cfg.action_feature.shape[0]
-    images, img_masks, tokens, token_mask, state = policy._prepare_inputs(batch)
-    b, s = state.shape[0], cfg.chunk_size
-    noise = policy._check_noise(noise, b)
-    shape = (b, s, cfg.max_action_dim)
-    x = torch.randn(shape, device=state.device) if noise is None else noise.to(torch.float32).clone()
-    if not isinstance(inference_delay, int) or inference_delay < 0:
-        raise ConfigError(f"inference_delay: got {inference_delay!r}, expected a non-negative integer")
-
-    target = weights = None
-    if prev_chunk is not None and prev_chunk.shape[1] > 0:
-        if (
-            prev_chunk.ndim != 3
-            or prev_chunk.shape[0] != b
-            or prev_chunk.shape[2] != a
-            or prev_chunk.shape[1] > s
-        ):
-            raise ConfigError(
-                f"prev_chunk: got shape {tuple(prev_chunk.shape)}, expected ({b}, L <= {s}, {a})"
-            )
-        n = prev_chunk.shape[1]
-        target = torch.zeros(shape, device=x.device)
-        target[:, :n, :a] = prev_chunk.to(device=x.device, dtype=torch.float32)
-        w = prefix_weights(inference_delay, min(config.execution_horizon, n), s, config.schedule)
-        weights = torch.zeros(1, s, cfg.max_action_dim, device=x.device)
-        weights[:, :, :a] = w.to(x.device)[None, :, None]  # padded action dims are not guided
-        if not bool(weights.any()):
-            target = weights = None
-
-    prefix = model.embed_prefix(images, img_masks, tokens, token_mask, state)
-    cache = model.vlm_with_expert.prefill(
-        prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), torch.cumsum(prefix.pad, dim=1) - 1
-    )
-    suffix_mask = make_att_2d_masks(
-        torch.ones(b, s, dtype=torch.bool, device=x.device),
-        torch.ones(b, s, dtype=torch.long, device=x.device),
-    )
-    positions = prefix.pad.sum(dim=1, keepdim=True) + torch.arange(s, device=x.device)[None]
-    n_steps = num_steps or cfg.num_steps
-    dt = -1.0 / n_steps
-    for step in range(n_steps):
-        t_val = 1.0 + step * dt
-        t = torch.full((b,), t_val, dtype=torch.float32, device=x.device)
-        if target is None:
-            v = model.velocity(x, t, cache, prefix.pad, suffix_mask, positions)
-        else:
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                v = model.velocity(xg, t, cache, prefix.pad, suffix_mask, positions)
-                x1 = xg - t_val * v  # the clean chunk this step predicts
-                err = ((target - x1) * weights).detach()
-                (correction,) = torch.autograd.grad(x1, xg, grad_outputs=err)
-            v = v.detach() - guidance_weight(t_val, config.max_guidance_weight) * correction
-        x = x + dt * v
-    return x[:, :, :a]
+    guidance = rtc_guidance(prev_chunk, inference_delay, shape, a, config, obs.state.device)
+    return policy.predict_action_chunk(obs, noise=noise, num_steps=num_steps, guidance=guidance)
 
 
 class RealTimeChunker:

@@ -6,7 +6,8 @@ Reads top to bottom as the computation runs:
   layers  = VLM layer i beside expert layer j; self-attention layers attend jointly over
             [prefix; suffix], cross-attention layers let the expert read the VLM's keys/values
   loss    = || v(x_t, t) - (noise - actions) ||^2                                     (forward)
-  sample  = Euler steps from t=1 (noise) to t=0 (actions), prefix K/V computed once   (sample_actions)
+  sample  = prefill the prefix once (prefill), then Euler steps of velocity() from t=1 (noise) to
+            t=0 (actions), optionally steered by a guidance hook such as RTC's      (sample_actions)
 Shapes: B batch, P prefix length, S suffix length (= chunk_size), D VLM width, E expert width,
 H heads, KV key/value heads, Dh head dim.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -247,10 +249,41 @@ VISION_TOKENS_PER_CALL_CPU = 1024
 
 
 @dataclass
+class Observation:
+    """What the network sees, already normalized and padded (built by `SmolVLAPolicy.prepare_observation`)."""
+
+    images: list[torch.Tensor]  # per camera (B, 3, H, W) in [-1, 1]
+    image_masks: list[torch.Tensor]  # per camera (B,) bool: False for an empty camera
+    tokens: torch.Tensor  # (B, L) int64 language token ids
+    token_mask: torch.Tensor  # (B, L) bool: real tokens
+    state: torch.Tensor  # (B, max_state_dim) fp32
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.shape[0]
+
+
+@dataclass
 class Prefix:
     embs: torch.Tensor  # (B, P, D)
     pad: torch.Tensor  # (B, P) bool: real tokens
     ar: torch.Tensor  # (B, P) int: autoregressive marks (0 image/language, 1 state)
+
+
+@dataclass
+class PrefixCache:
+    """Everything a denoising step reads about the observation, computed once per chunk by `prefill`."""
+
+    kv: list | None  # per VLM layer what its expert layer reads (None where none sits); None: no cache
+    prefix_pad: torch.Tensor  # (B, P) bool
+    suffix_mask: torch.Tensor  # (B, S, S) bool: actions attend causally
+    positions: torch.Tensor  # (B, S): the action tokens continue the prefix's positions
+    prefix: Prefix | None = None  # kept only without a cache (use_cache=False): re-run at every step
+
+
+# guidance(x_t, t, velocity_fn) -> v: replaces v(x_t, t) in an Euler step. velocity_fn(x) is the step's
+# velocity at flow time t against the prefilled prefix; a hook may call it under autograd (RTC does).
+Guidance = Callable[[torch.Tensor, float, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
 
 
 class VLAFlowMatching(nn.Module):
@@ -277,16 +310,9 @@ class VLAFlowMatching(nn.Module):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.vlm_with_expert.vlm.model.text_model.embed_tokens(ids)
 
-    def embed_prefix(
-        self,
-        images: list[torch.Tensor],
-        img_masks: list[torch.Tensor],
-        tokens: torch.Tensor,
-        token_mask: torch.Tensor,
-        state: torch.Tensor,
-    ) -> Prefix:
-        """images: per camera (B, 3, H, W) in [-1, 1]; img_masks: per camera (B,) bool;
-        tokens, token_mask (B, L); state (B, max_state_dim)."""
+    def embed_prefix(self, obs: Observation) -> Prefix:
+        """[image tokens per camera] + [language tokens] + [state token] -> Prefix (B, P, D)."""
+        state = obs.state
         b = state.shape[0]
         embs, pads, ars = [], [], []
 
@@ -300,15 +326,15 @@ class VLAFlowMatching(nn.Module):
                 x = self.embed_tokens(torch.tensor(ids, device=state.device))[None].expand(b, -1, -1)
                 add(x, torch.ones(b, len(ids), dtype=torch.bool, device=state.device), 0)
 
-        img_embs = self._embed_images(images)
-        for emb, m in zip(img_embs, img_masks, strict=True):
+        img_embs = self._embed_images(obs.images)
+        for emb, m in zip(img_embs, obs.image_masks, strict=True):
             add_ids(self.image_start_ids)
             # The scale is a tensor in the embedding dtype (31.0 in bf16), as LeRobot computes it.
             emb = emb * torch.tensor(emb.shape[-1] ** 0.5, dtype=emb.dtype, device=emb.device)
             add(emb, m[:, None].expand(b, emb.shape[1]), 0)
             add_ids(self.image_end_ids)
-        lang = self.embed_tokens(tokens)
-        add(lang * math.sqrt(lang.shape[-1]), token_mask.bool(), 0)
+        lang = self.embed_tokens(obs.tokens)
+        add(lang * math.sqrt(lang.shape[-1]), obs.token_mask.bool(), 0)
         st = self.state_proj(state.to(self.state_proj.weight.dtype))  # (B, D), not scaled
         add(st[:, None], torch.ones(b, 1, dtype=torch.bool, device=state.device), 1)
         # Mixed dtypes (bf16 backbone, fp32 state_proj) promote, as torch.cat does in LeRobot.
@@ -369,11 +395,7 @@ class VLAFlowMatching(nn.Module):
 
     def forward(
         self,
-        images: list[torch.Tensor],
-        img_masks: list[torch.Tensor],
-        tokens: torch.Tensor,
-        token_mask: torch.Tensor,
-        state: torch.Tensor,
+        obs: Observation,
         actions: torch.Tensor,
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
@@ -384,14 +406,13 @@ class VLAFlowMatching(nn.Module):
         if time is None:
             time = sample_time(actions.shape[0], actions.device)
         t = time[:, None, None]
-        x_t = t * noise + (1 - t) * actions
+        x_t = t * noise + (1 - t) * actions  # (B, S, A): t=1 is noise, t=0 the actions
         u_t = noise - actions
-        prefix = self.embed_prefix(images, img_masks, tokens, token_mask, state)
-        v_t = self.joint_velocity(prefix, x_t, time)
+        v_t = self.joint_velocity(self.embed_prefix(obs), x_t, time)
         return F.mse_loss(u_t, v_t, reduction="none")
 
     def joint_velocity(self, prefix: Prefix, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """v(x_t, t) from one joint pass over [prefix; suffix] (the training path, no cache)."""
+        """v(x_t, t) from one joint pass over [prefix; suffix] (training, and sampling without a cache)."""
         suffix = self.embed_suffix(x_t, time)
         b, s = suffix.shape[:2]
         pad = torch.cat([prefix.pad, torch.ones(b, s, dtype=torch.bool, device=suffix.device)], 1)
@@ -401,58 +422,67 @@ class VLAFlowMatching(nn.Module):
         constant = int((prefix.ar.cumsum(dim=1) == 0).all(dim=0).sum())  # tokens before the state
         return self._velocity(self.vlm_with_expert(prefix.embs, suffix, mask, positions, constant))
 
-    # -- inference -----------------------------------------------------------------------------------
+    # -- inference: prefill once, then Euler steps of velocity() -----------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, obs: Observation, use_cache: bool | None = None) -> PrefixCache:
+        """Embeds the observation and runs the prefix through the VLM once. use_cache (None: the
+        config's): False keeps only the embeddings, and every step re-runs the whole [prefix; suffix]
+        pass (LeRobot's use_cache=False, which crashes there, spec §8.9): slower, same result."""
+        prefix = self.embed_prefix(obs)
+        b, s = prefix.pad.shape[0], self.cfg.chunk_size
+        device = prefix.pad.device
+        suffix_mask = make_att_2d_masks(
+            torch.ones(b, s, dtype=torch.bool, device=device),
+            torch.ones(b, s, dtype=torch.long, device=device),
+        )
+        positions = prefix.pad.sum(dim=1, keepdim=True) + torch.arange(s, device=device)[None]  # (B, S)
+        if not (self.cfg.use_cache if use_cache is None else use_cache):
+            return PrefixCache(None, prefix.pad, suffix_mask, positions, prefix)
+        kv = self.vlm_with_expert.prefill(
+            prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), torch.cumsum(prefix.pad, dim=1) - 1
+        )
+        return PrefixCache(kv, prefix.pad, suffix_mask, positions)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cache: PrefixCache) -> torch.Tensor:
+        """One denoising step: v(x_t, t) against the prefilled prefix. x_t (B, S, max_action_dim),
+        t (B,) -> (B, S, max_action_dim)."""
+        if cache.kv is None:
+            return self.joint_velocity(cache.prefix, x_t, t)
+        suffix = self.embed_suffix(x_t, t)  # (B, S, E)
+        out = self.vlm_with_expert.denoise(
+            suffix, cache.kv, cache.prefix_pad, cache.suffix_mask, cache.positions
+        )
+        return self._velocity(out)
 
     @torch.no_grad()
     def sample_actions(
         self,
-        images: list[torch.Tensor],
-        img_masks: list[torch.Tensor],
-        tokens: torch.Tensor,
-        token_mask: torch.Tensor,
-        state: torch.Tensor,
+        obs: Observation,
         noise: torch.Tensor | None = None,
         num_steps: int | None = None,
+        guidance: Guidance | None = None,
+        cache: PrefixCache | None = None,
     ) -> torch.Tensor:
-        """Euler integration of the learned velocity from t=1 to t=0. -> (B, S, max_action_dim)."""
-        b = state.shape[0]
+        """Euler integration of the learned velocity from t=1 (noise) to t=0. -> (B, S, max_action_dim).
+
+        guidance: a hook that replaces each step's velocity (see `Guidance`; RTC's is one).
+        cache: `prefill(obs)`'s result, when the caller already has it (the benchmark times it apart)."""
+        b = obs.batch_size
         shape = (b, self.cfg.chunk_size, self.cfg.max_action_dim)
-        x = torch.randn(shape, device=state.device) if noise is None else noise.to(torch.float32).clone()
-        prefix = self.embed_prefix(images, img_masks, tokens, token_mask, state)
-        cache = None
-        if self.cfg.use_cache:  # LeRobot's use_cache=False crashes (spec §8.9); ours recomputes the prefix
-            cache = self.vlm_with_expert.prefill(
-                prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), torch.cumsum(prefix.pad, dim=1) - 1
-            )
-        s = self.cfg.chunk_size
-        suffix_mask = make_att_2d_masks(
-            torch.ones(b, s, dtype=torch.bool, device=x.device),
-            torch.ones(b, s, dtype=torch.long, device=x.device),
-        )
-        positions = prefix.pad.sum(dim=1, keepdim=True) + torch.arange(s, device=x.device)[None]
+        x = torch.randn(shape, device=obs.state.device) if noise is None else noise.to(torch.float32).clone()
+        cache = self.prefill(obs) if cache is None else cache
         n = num_steps or self.cfg.num_steps
         dt = -1.0 / n
         for step in range(n):
-            t = torch.full((b,), 1.0 + step * dt, dtype=torch.float32, device=x.device)
-            if self.cfg.use_cache:
-                v = self.velocity(x, t, cache, prefix.pad, suffix_mask, positions)
-            else:  # the whole [prefix; suffix] pass at every step: slower, same result
-                v = self.joint_velocity(prefix, x, t)
+            t = 1.0 + step * dt
+            t_b = torch.full((b,), t, dtype=torch.float32, device=x.device)
+            if guidance is None:
+                v = self.velocity(x, t_b, cache)
+            else:
+                v = guidance(x, t, lambda x_t, t_b=t_b: self.velocity(x_t, t_b, cache))
             x = x + dt * v
         return x
-
-    def velocity(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        cache: list,
-        prefix_pad: torch.Tensor,
-        suffix_mask: torch.Tensor,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
-        """One denoising step's velocity v(x_t, t) against a prefilled prefix. -> (B, S, max_action_dim)."""
-        out = self.vlm_with_expert.denoise(self.embed_suffix(x, t), cache, prefix_pad, suffix_mask, positions)
-        return self._velocity(out)
 
 
 def sample_time(batch: int, device: torch.device | str) -> torch.Tensor:

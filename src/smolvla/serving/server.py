@@ -110,8 +110,8 @@ class InferenceEngine:
         **kwargs: Any,
     ) -> InferenceEngine:
         """`inference_mode` (fp32 | bf16 | int8 | auto, CPU only): the policy prepared for fast inference
-        (smolvla.inference); None serves the plain policy."""
-        from smolvla.inference import resolve_mode
+        (smolvla.model.inference); None serves the plain policy."""
+        from smolvla.model.inference import resolve_mode
         from smolvla.policy import SmolVLAPolicy
         from smolvla.processing import make_pre_post_processors
 

@@ -3,27 +3,30 @@
 `prepare(policy, mode)` turns a policy into an inference-only one, block by block (a vision layer, a
 decoder layer), so that memory never holds more than one block twice:
 
-- every mode: q/k/v of each self-attention projected by one GEMM, gate/up of each MLP by one GEMM;
-  lm_head, the final text norm, the VLM layers after the last one the expert reads and that layer's
-  query, output projection and MLP are dropped (they never influence the actions);
+- every mode: modules of the plain network (smolvla.model.backbone) are swapped for these faster ones
+  that compute the same: `FusedVisionAttention` and `FusedSelfAttention` (q/k/v by one GEMM),
+  `KVOnlyAttention` (the last VLM layer the expert reads: only its keys and values are used),
+  `FusedMLP` (gate/up by one GEMM); lm_head, the final text norm, the VLM layers after the last one
+  the expert reads and that layer's query, output projection and MLP are dropped (they never
+  influence the actions);
 - "fp32": nothing else; the actions equal the unprepared policy's up to float summation order;
 - "bf16": backbone and expert in bf16 (the five small projections stay fp32, as `set_precision`);
-- "int8": every linear layer of the vision tower, connector, VLM text layers and action expert holds
-  int8 weights (per output channel) and quantizes its fp32 input per call (VNNI GEMMs through torch's
-  dynamic quantized linear: about 2x bf16 and 4x fp32 per core here, even at the expert's 50 rows);
+- "int8": every linear layer of the vision tower, connector, VLM text layers and action expert becomes
+  an `Int8Linear`: int8 weights (per output channel), its fp32 input quantized per call (VNNI GEMMs
+  through torch's dynamic quantized linear: about 2x bf16 and 4x fp32 per core here, even at the
+  expert's 50 rows);
   norms, attention and the five small projections run in fp32.
 
 `load_prepared(...)` builds the same thing from a checkpoint without materializing the fp32 model:
-tensors are read one block at a time and converted straight away, and the token embedding table stays
-in the file, memory-mapped: only the rows of the tokens actually seen are paged in.
+tensors are read one block at a time (smolvla.checkpoint.SafetensorsFile) and converted straight away,
+and the token embedding table stays in the file, memory-mapped: only the rows of the tokens actually
+seen are paged in.
 
 A prepared policy cannot be trained or saved (its projections are fused or quantized); prepare a copy.
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smolvla.checkpoint import CheckpointError
+from smolvla.checkpoint import CheckpointError, SafetensorsFile, check_keys, check_tensor
 from smolvla.errors import SmolVLAError
 from smolvla.hardware import has_vnni, int8_supported, native_bf16
-from smolvla.model.backbone import MLP, DecoderLayer, SelfAttention, VisionAttention
+from smolvla.model.backbone import MLP, DecoderLayer, SelfAttention, VisionAttention, attention
 
 MODES = ("fp32", "bf16", "int8")
 
@@ -100,24 +103,80 @@ def fuse_linears(parts: list[nn.Linear]) -> nn.Linear:
     return fused
 
 
-def _fuse_block(block: nn.Module, dtype: torch.dtype) -> None:
-    for m in list(block.modules()):
-        if isinstance(m, SelfAttention):
-            m.compute_dtype = dtype
-        if isinstance(m, VisionAttention) and m.qkv is None:
-            m.qkv = fuse_linears([m.q_proj, m.k_proj, m.v_proj])
-            m.q_proj = m.k_proj = m.v_proj = None
-        elif isinstance(m, SelfAttention) and m.qkv is None and m.kv is None:
-            if m.q_proj is None:  # a layer kept for its keys and values only
-                m.kv = fuse_linears([m.k_proj, m.v_proj])
-                m.k_proj = m.v_proj = None
-            elif not m.cross:  # self-attention: one input for all three
-                m.qkv = fuse_linears([m.q_proj, m.k_proj, m.v_proj])
-                m.q_proj = m.k_proj = m.v_proj = None
-            # cross-attention (k/v read the VLM's keys and values): projected once per chunk, unfused
-        elif isinstance(m, MLP) and m.gate_up is None:
-            m.gate_up = fuse_linears([m.gate_proj, m.up_proj])
-            m.gate_proj = m.up_proj = None
+class FusedVisionAttention(nn.Module):
+    """VisionAttention with q|k|v as one GEMM."""
+
+    def __init__(self, src: VisionAttention) -> None:
+        super().__init__()
+        self.heads = src.heads
+        self.qkv_proj = fuse_linears([src.q_proj, src.k_proj, src.v_proj])
+        self.out_proj = src.out_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv_proj(x).view(b, n, 3, self.heads, -1).unbind(2)  # (B, N, H, Dh) each
+        return self.out_proj(attention(q, k, v, None))
+
+
+class FusedSelfAttention(nn.Module):
+    """SelfAttention (one input for q, k and v) with q|k|v as one GEMM."""
+
+    def __init__(self, src: SelfAttention) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = src.heads, src.kv_heads, src.head_dim
+        self.qkv_proj = fuse_linears([src.q_proj, src.k_proj, src.v_proj])
+        self.o_proj = src.o_proj
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n = x.shape[:2]
+        kv = self.kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split([self.heads * self.head_dim, kv, kv], dim=-1)
+        return (
+            q.view(b, n, -1, self.head_dim),
+            k.view(b, n, -1, self.head_dim),
+            v.view(b, n, -1, self.head_dim),
+        )
+
+
+class KVOnlyAttention(nn.Module):
+    """The last VLM layer the expert reads: its queries and output are never used, so only k|v, by
+    one GEMM."""
+
+    def __init__(self, src: SelfAttention) -> None:
+        super().__init__()
+        self.head_dim = src.head_dim
+        self.kv_proj = fuse_linears([src.k_proj, src.v_proj])
+
+    def qkv(self, x: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
+        b, n = x.shape[:2]
+        k, v = self.kv_proj(x).view(b, n, 2, -1, self.head_dim).unbind(2)
+        return None, k, v
+
+
+class FusedMLP(nn.Module):
+    """MLP with gate|up as one GEMM."""
+
+    def __init__(self, src: MLP) -> None:
+        super().__init__()
+        self.gate_up_proj = fuse_linears([src.gate_proj, src.up_proj])
+        self.down_proj = src.down_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def _fuse_block(block: nn.Module, cross: set[int]) -> None:
+    """Swaps the block's plain modules for fused ones. cross: ids of the expert's cross-attention
+    modules, left as they are (their k/v read the VLM's keys and values, projected once per chunk)."""
+    for parent in list(block.modules()):
+        for name, m in list(parent.named_children()):
+            if isinstance(m, VisionAttention):
+                setattr(parent, name, FusedVisionAttention(m))
+            elif isinstance(m, SelfAttention) and id(m) not in cross:
+                setattr(parent, name, KVOnlyAttention(m) if m.q_proj is None else FusedSelfAttention(m))
+            elif isinstance(m, MLP):
+                setattr(parent, name, FusedMLP(m))
 
 
 def _quantize_block(block: nn.Module) -> None:
@@ -132,6 +191,12 @@ def _prune_kv_only(layer: DecoderLayer) -> None:
     a = layer.self_attn
     a.q_proj = a.o_proj = None
     layer.mlp = layer.post_attention_layernorm = None
+
+
+def _cross_attention(policy: nn.Module) -> set[int]:
+    vwe = policy.model.vlm_with_expert
+    layers = [vwe.expert_layer(i) for i, kind in enumerate(vwe.kinds) if kind == "ca"]
+    return {id(layer.self_attn) for layer in layers if layer is not None}
 
 
 def _blocks(policy: nn.Module, mode: str) -> list[tuple[nn.Module, torch.dtype, bool]]:
@@ -179,11 +244,12 @@ def prepare(policy: nn.Module, mode: str = "auto") -> str:
     mode = resolve_mode(mode)
     if getattr(policy, "inference_mode", None) is not None:
         raise InferenceModeError(f"inference mode: the policy is already prepared ({policy.inference_mode})")
+    cross = _cross_attention(policy)
     _drop_unused(policy)
     for block, dtype, q in _blocks(policy, mode):
         with torch.no_grad():
             block.to(dtype)
-        _fuse_block(block, dtype)
+        _fuse_block(block, cross)
         if q:
             _quantize_block(block)
     _finish(policy, mode)
@@ -193,60 +259,6 @@ def prepare(policy: nn.Module, mode: str = "auto") -> str:
 # --------------------------------------------------------------------------------------------------
 # Loading a checkpoint straight into a prepared policy
 
-_ST_DTYPES = {
-    "F32": torch.float32,
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F64": torch.float64,
-    "I64": torch.int64,
-}
-
-
-class SafetensorsReader:
-    """Reads single tensors of a safetensors file with plain reads (no mapping of the whole file, so
-    the process's resident memory holds only what was converted), and maps one tensor on request."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with self.path.open("rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        self.base = 8 + n
-        self.entries = header
-        self._maps: list[mmap.mmap] = []
-
-    def keys(self) -> list[str]:
-        return list(self.entries)
-
-    def _entry(self, key: str) -> tuple[torch.dtype, list[int], int, int]:
-        e = self.entries[key]
-        if e["dtype"] not in _ST_DTYPES:
-            raise CheckpointError(
-                f"{self.path}: {key} has dtype {e['dtype']}, expected one of {list(_ST_DTYPES)}"
-            )
-        start, end = e["data_offsets"]
-        return _ST_DTYPES[e["dtype"]], e["shape"], self.base + start, end - start
-
-    def read(self, key: str) -> torch.Tensor:
-        dtype, shape, offset, size = self._entry(key)
-        buf = bytearray(size)
-        with self.path.open("rb") as f:
-            f.seek(offset)
-            f.readinto(buf)
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape) if size else torch.empty(shape, dtype=dtype)
-
-    def mapped(self, key: str) -> torch.Tensor:
-        """The tensor backed by a private mapping of the file: pages are read when first touched."""
-        dtype, shape, offset, size = self._entry(key)
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        with self.path.open("rb") as f:
-            mm = mmap.mmap(f.fileno(), offset - start + size, access=mmap.ACCESS_COPY, offset=start)
-        self._maps.append(mm)  # the tensor borrows the mapping's memory: keep it alive with the reader
-        return torch.frombuffer(mm, dtype=dtype, offset=offset - start, count=size // dtype.itemsize).reshape(
-            shape
-        )
-
 
 class MappedEmbedding(nn.Module):
     """An embedding table left in the checkpoint file (memory-mapped) and cast per lookup.
@@ -255,66 +267,55 @@ class MappedEmbedding(nn.Module):
     so every row stays reachable; only the ones used are ever resident (a prompt touches a few dozen
     of the 49 280 rows)."""
 
-    def __init__(self, table: torch.Tensor, dtype: torch.dtype, reader: SafetensorsReader) -> None:
+    def __init__(self, table: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
-        self.table, self.dtype, self.reader = table, dtype, reader
+        self.table, self.dtype = table, dtype  # table: a view of the file's mapping (SafetensorsFile)
         self.num_embeddings, self.embedding_dim = table.shape
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.table).to(self.dtype)
 
 
-def _materialize(block: nn.Module, prefix: str, reader: SafetensorsReader, dtype: torch.dtype) -> None:
-    for mod_name, mod in block.named_modules():
-        for name, p in list(mod._parameters.items()):
-            if p is None:
-                continue
-            key = f"{prefix}{mod_name + '.' if mod_name else ''}{name}"
-            t = reader.read(key)
-            if tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(
-                    f"{reader.path}: {key} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}"
-                )
-            if not torch.isfinite(t).all():
-                raise CheckpointError(f"{reader.path}: {key} is not finite")
-            mod._parameters[name] = nn.Parameter(t.to(dtype), requires_grad=False)
+def _materialize(block: nn.Module, prefix: str, file: SafetensorsFile, dtype: torch.dtype) -> None:
+    params = {
+        f"{prefix}{mod_name + '.' if mod_name else ''}{name}": (mod, name, p)
+        for mod_name, mod in block.named_modules()
+        for name, p in mod._parameters.items()
+        if p is not None
+    }
+    tensors = file.read(params)  # views of the file, released when this block is converted
+    for key, (mod, name, p) in params.items():
+        t = tensors.pop(key)
+        check_tensor(t, p, key, str(file.path))
+        # copy=True: a parameter never shares memory with the file's mapping, even in its own dtype
+        mod._parameters[name] = nn.Parameter(t.to(dtype, copy=True), requires_grad=False)
 
 
 def load_prepared(build: Callable[[], nn.Module], path: Path, mode: str = "auto") -> nn.Module:
     """A policy prepared for inference from the checkpoint file `path`, never holding the fp32 model.
 
     `build()` constructs the (unloaded) policy; it is called on the meta device, so it allocates
-    nothing. Every key of the file must be used by the model except the dropped parts', and every
-    parameter must be in the file."""
+    nothing. The file's keys must be exactly the model's (the same check as a plain load)."""
     mode = resolve_mode(mode)
     with torch.device("meta"):
         policy = build()
     names = {id(mod): name for name, mod in policy.named_modules()}
-    reader = SafetensorsReader(path)
-    expected = set(policy.state_dict())
-    missing = sorted(expected - set(reader.keys()))
-    if missing:
-        raise CheckpointError(
-            f"{path}: state dict does not match the model ({len(missing)} missing: {missing[:8]})"
-        )
-    # prune on meta (free), then read what is left block by block
-    _drop_unused(policy)
+    file = SafetensorsFile(path)
+    check_keys(policy.state_dict(), file.keys(), str(path))
+    cross = _cross_attention(policy)
+    _drop_unused(policy)  # on meta (free); what is left is read block by block
     used = set(policy.state_dict())
-    unexpected = sorted(set(reader.keys()) - expected)
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected keys {unexpected[:8]} ({len(unexpected)})")
     embed = policy.model.vlm_with_expert.vlm.model.text_model
     for block, dtype, q in _blocks(policy, mode):
         prefix = names[id(block)] + "."
         if block is embed.embed_tokens:
             key = prefix + "weight"
-            table = reader.mapped(key)
-            embed.embed_tokens = MappedEmbedding(table, dtype, reader)
+            embed.embed_tokens = MappedEmbedding(file.read([key])[key], dtype)
             used.discard(key)
             continue
-        _materialize(block, prefix, reader, dtype)
+        _materialize(block, prefix, file, dtype)
         used -= {prefix + k for k in block.state_dict()}
-        _fuse_block(block, dtype)
+        _fuse_block(block, cross)
         if q:
             _quantize_block(block)
     if used:
