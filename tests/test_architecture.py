@@ -32,6 +32,42 @@ def test_the_library_imports_no_app():
     assert not offenders, "library modules import apps:\n" + "\n".join(offenders)
 
 
+# ARCHITECTURE.md's layers, bottom first: a module imports only from layers below its own.
+LAYERS = [
+    {"errors"},
+    {"io", "hub", "hardware", "stats_check"},
+    {"config"},
+    {"checkpoint"},
+    {"model", "processing", "data"},
+    {"policy", "envs"},
+    {"eval", "serving"},
+    {"train"},
+    {"apps"},
+]
+
+
+def unit(path: Path) -> str:
+    """The package (or top-level module) a source file belongs to: `model`, `config`, ..."""
+    return path.relative_to(SRC).parts[0].removesuffix(".py")
+
+
+def test_imports_go_down_the_layers():
+    layer = {u: i for i, us in enumerate(LAYERS) for u in us}
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        u = unit(path)
+        if u == "__init__":
+            continue
+        assert u in layer, f"{u}: not in ARCHITECTURE.md's layers (add it to LAYERS and the page)"
+        for m in imported_modules(path):
+            parts = m.split(".")
+            if parts[0] != "smolvla" or len(parts) < 2 or parts[1] == u or parts[1] not in layer:
+                continue
+            if layer[parts[1]] >= layer[u]:
+                offenders.append(f"{path.relative_to(SRC)} imports {m}")
+    assert not offenders, "imports that go up or sideways:\n" + "\n".join(sorted(set(offenders)))
+
+
 def test_the_check_sees_an_app_import(tmp_path):
     p = tmp_path / "m.py"
     p.write_text("from smolvla.apps.cli import main\nimport smolvla.apps.bench\n")

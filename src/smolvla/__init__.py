@@ -20,6 +20,7 @@ _EXPORTS = {
     "sample_observation": "smolvla.processing",
     "unit_stats": "smolvla.processing",
     "SmolVLAError": "smolvla.errors",
+    "Observation": "smolvla.model.vla",
 }
 __all__ = list(_EXPORTS)
 

@@ -192,7 +192,7 @@ class VLMWithExpert(nn.Module):
         return cache
 
     @torch.no_grad()
-    def prefill(self, prefix: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list:
+    def prefix_cache(self, prefix: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list:
         """Runs the prefix alone (every layer as self-attention) and returns, per VLM layer, the
         keys/values the expert reads: for self-attention layers the VLM's rotated k and v
         (B, P, KV, Dh); for cross-attention layers those already projected by the expert, so that the
@@ -439,7 +439,7 @@ class VLAFlowMatching(nn.Module):
         positions = prefix.pad.sum(dim=1, keepdim=True) + torch.arange(s, device=device)[None]  # (B, S)
         if not (self.cfg.use_cache if use_cache is None else use_cache):
             return PrefixCache(None, prefix.pad, suffix_mask, positions, prefix)
-        kv = self.vlm_with_expert.prefill(
+        kv = self.vlm_with_expert.prefix_cache(
             prefix.embs, make_att_2d_masks(prefix.pad, prefix.ar), torch.cumsum(prefix.pad, dim=1) - 1
         )
         return PrefixCache(kv, prefix.pad, suffix_mask, positions)
