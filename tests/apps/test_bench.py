@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from smolvla.apps import bench
 from smolvla.apps.cli import main, parse
@@ -15,13 +16,13 @@ from smolvla.apps.cli import main, parse
 
 def test_inference_case_reports_the_stages_of_predict_action_chunk(tmp_path):
     bench.write_checkpoint("micro", 2, tmp_path / "ckpt")
-    rec = bench.inference_case("micro", tmp_path / "ckpt", "int8", 2, 1, 7, None, tmp_path / "a.pt")
+    rec = bench.inference_case("micro", tmp_path / "ckpt", "int8", 2, 1, 7, None, tmp_path / "a.safetensors")
     assert rec["stages_equal_predict_action_chunk"] is True
     assert rec["mode"] == "int8" and rec["cams"] == 2 and rec["num_steps"] == 3
     parts = rec["vision_s_median"] + rec["prefix_s_median"] + rec["denoise_s_median"]
     assert rec["s_per_chunk_min"] <= parts * 1.5 and rec["gflop_per_chunk"] >= 0
     assert rec["peak_rss_runs_gb"] > 0 and rec["peak_rss_gb"] >= rec["peak_rss_runs_gb"] - 0.01
-    assert torch.load(tmp_path / "a.pt").shape == (1, 4, 2)
+    assert load_file(tmp_path / "a.safetensors")["actions"].shape == (1, 4, 2)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -113,3 +114,12 @@ def test_serving_load_case_prints_a_json_line(micro_ckpt, capsys, monkeypatch):
     assert main(["bench", "serving_load", f"--policy.path={micro_ckpt}", "--clients=2", "--requests=2"]) == 0
     rec = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert rec["clients"] == 2 and rec["answers"] == 4 and rec["requests_per_s"] > 0
+
+
+def test_a_child_case_runs_from_its_json_spec(tmp_path):
+    """The driver and its children speak one JSON spec (no second flag parser): a case round-trips."""
+    rec = bench._child("checkpoint", preset="micro", cams=1, out=str(tmp_path / "ck"), image_size=None)
+    assert rec == {"case": "checkpoint", "path": str(tmp_path / "ck")}
+    assert (tmp_path / "ck" / "model.safetensors").is_file()
+    bad = bench._child("nonsense")
+    assert bad["rc"] != 0 and "case: got 'nonsense'" in bad["error"]

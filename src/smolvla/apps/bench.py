@@ -21,7 +21,6 @@ interpreter for the matching cases and prints its JSON lines and a ratio line be
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from smolvla.errors import SmolVLAError
 
@@ -47,7 +47,7 @@ LEROBOT_PREC = {"reference": "fp32", "fp32": "fp32", "bf16": "bf16vlm_expert", "
 TRAIN_PRECISIONS = ("fp32", "bf16")
 TRAIN_PEAK = {"fp32": "float32", "bf16": "bfloat16"}  # the GEMM peak each precision is compared to
 DEFAULT_LEROBOT_SCRIPT = (
-    Path(__file__).resolve().parents[2].parent
+    Path(__file__).resolve().parents[3].parent  # ../shared beside the repository
     / "shared"
     / "tools"
     / "lerobot_reference"
@@ -272,7 +272,7 @@ def inference_case(
     actions = samples[-1][0][:, :, : cfg.action_feature.shape[0]]
     # the stages are exactly predict_action_chunk's: check it gives the same actions
     same = torch.equal(actions, policy.predict_action_chunk(batch, noise=noise.clone(), num_steps=steps))
-    torch.save(actions, actions_out)
+    save_file({"actions": actions.contiguous()}, str(actions_out))  # safetensors: no pickle
     flops = _count_flops(policy, chunk)
     totals = [a + b + c for _, a, b, c in samples]
     med = statistics.median(totals)
@@ -433,14 +433,16 @@ def lerobot_case(python: str, script: Path, args: list[str], threads: int, runs:
 # Driver
 
 
-def _child(args: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "smolvla.apps.bench", "_case", *args]
+def _child(case: str, **spec: Any) -> dict[str, Any]:
+    """Runs one case in its own process (so its peak RSS is its own); the spec travels as one JSON
+    argument and comes back as the child's last stdout line."""
+    cmd = [sys.executable, "-m", "smolvla.apps.bench", "_case", json.dumps({"case": case, **spec})]
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1])  # the package this driver runs, also in the child
+    src = str(Path(__file__).resolve().parents[2])  # the package this driver runs, also in the child
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        return {"case": args[0], "args": args, "error": p.stderr[-2000:], "rc": p.returncode}
+        return {"case": case, "spec": spec, "error": p.stderr[-2000:], "rc": p.returncode}
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -483,7 +485,7 @@ def _ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, 
 
 
 def run_matmul(threads: int) -> dict[str, Any]:
-    rec = _child(["matmul", "--threads", str(threads)])
+    rec = _child("matmul", threads=threads)
     _emit(rec)
     return rec
 
@@ -498,34 +500,38 @@ def _with_peak(rec: dict[str, Any], peak: dict[str, Any] | None, dtype: str) -> 
 
 def _random_checkpoint(out: Path, preset: str, cams: int | None, image_size: int | None) -> Path:
     """`write_checkpoint` in a child process (so no case's peak RSS includes it)."""
-    args = ["checkpoint", "--preset", preset, "--out", str(out)]
-    args += [] if cams is None else ["--cams", str(cams)]
-    _child(args + ([] if image_size is None else ["--image-size", str(image_size)]))
+    _child("checkpoint", preset=preset, cams=cams, out=str(out), image_size=image_size)
     if not (out / "model.safetensors").is_file():
         raise BenchError(f"could not write the random checkpoint for --policy.preset={preset} --cams={cams}")
     return out
 
 
-def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
-    for m in a.mode:
+def run_inference(c: BenchInferenceConfig, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
+    for m in c.mode:
         if m not in INFER_MODES:
             raise BenchError(f"--mode: got {m!r}, expected some of {list(INFER_MODES)}")
+    preset, steps = c.policy.preset, c.policy.num_steps
     out = []
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
-        for cams in a.cams:
-            ckpt = _random_checkpoint(Path(tmp) / f"{a.preset}-{cams}cams", a.preset, cams, a.image_size)
+        for cams in c.cams:
+            ckpt = _random_checkpoint(Path(tmp) / f"{preset}-{cams}cams", preset, cams, c.image_size)
             refs: dict[str, torch.Tensor] = {}
             lerobot: dict[str, dict[str, Any]] = {}
-            for mode in a.mode:
-                act = Path(tmp) / f"actions-{cams}-{mode}.pt"
-                args = ["inference", "--preset", a.preset, "--checkpoint", str(ckpt), "--mode", mode]
-                args += ["--runs", str(a.runs)]
-                args += ["--threads", str(a.threads), "--lang", str(a.lang), "--actions-out", str(act)]
-                if a.num_steps:
-                    args += ["--num-steps", str(a.num_steps)]
-                rec = _child(args)
+            for mode in c.mode:
+                act = Path(tmp) / f"actions-{cams}-{mode}.safetensors"
+                rec = _child(
+                    "inference",
+                    preset_name=preset,
+                    checkpoint=str(ckpt),
+                    mode=mode,
+                    runs=c.runs,
+                    threads=c.threads,
+                    lang=c.lang,
+                    num_steps=steps,
+                    actions_out=str(act),
+                )
                 if act.is_file():
-                    refs[mode] = torch.load(act)
+                    refs[mode] = load_file(str(act))["actions"]
                     base = refs.get("fp32", refs.get("reference"))
                     if base is not None and mode not in ("fp32", "reference"):
                         err = (refs[mode] - base).abs()
@@ -541,35 +547,37 @@ def run_inference(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[di
                     )
                 )
                 out.append(rec)
-                if a.compare and a.preset == "base" and not a.num_steps and a.image_size is None:
+                if c.compare and preset == "base" and not steps and c.image_size is None:
                     prec = LEROBOT_PREC[mode]
                     if prec not in lerobot:
-                        lr_args = ["infer", "--cams", str(cams), "--prec", prec, "--n-lang", str(a.lang)]
-                        lerobot[prec] = lerobot_case(a.compare, a.lerobot_script, lr_args, a.threads, a.runs)
+                        lr_args = ["infer", "--cams", str(cams), "--prec", prec, "--n-lang", str(c.lang)]
+                        script = Path(c.lerobot_script)
+                        lerobot[prec] = lerobot_case(c.compare, script, lr_args, c.threads, c.runs)
                         _emit(lerobot[prec])
                     _emit(_ratio(rec, lerobot[prec], "s_per_chunk_median"))
     return out
 
 
-def run_train(a: argparse.Namespace, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
-    for prec in a.precision:
+def run_train(c: BenchTrainConfig, peak: dict[str, Any] | None) -> list[dict[str, Any]]:
+    for prec in c.precision:
         if prec not in TRAIN_PRECISIONS:
             raise BenchError(f"--precision: got {prec!r}, expected some of {list(TRAIN_PRECISIONS)}")
     out = []
     lerobot = None
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
-        ckpt = _random_checkpoint(Path(tmp) / "ckpt", a.preset, a.cams, a.image_size)
-        for prec in a.precision:
-            args = ["train", "--preset", a.preset, "--checkpoint", str(ckpt), "--batch", str(a.batch)]
-            args += ["--runs", str(a.runs), "--threads", str(a.threads), "--lang", str(a.lang)]
-            rec = _with_peak(_child([*args, "--precision", prec]), peak, TRAIN_PEAK[prec])
+        preset = c.policy.preset
+        ckpt = _random_checkpoint(Path(tmp) / "ckpt", preset, c.cams, c.image_size)
+        for prec in c.precision:
+            spec = dict(preset_name=preset, checkpoint=str(ckpt), batch_size=c.batch_size, runs=c.runs)
+            spec.update(threads=c.threads, lang=c.lang, precision=prec)
+            rec = _with_peak(_child("train", **spec), peak, TRAIN_PEAK[prec])
             _emit(rec)
             out.append(rec)
-            if a.compare and a.preset == "base" and a.image_size is None:
+            if c.compare and preset == "base" and c.image_size is None:
                 if lerobot is None:
-                    lr_args = ["train", "--cams", str(rec.get("cams", a.cams or 2)), "--bs", str(a.batch)]
-                    lr_args += ["--n-lang", str(a.lang)]
-                    lerobot = lerobot_case(a.compare, a.lerobot_script, lr_args, a.threads, a.runs)
+                    cams = str(rec.get("cams", c.cams or 2))
+                    lr_args = ["train", "--cams", cams, "--bs", str(c.batch_size), "--n-lang", str(c.lang)]
+                    lerobot = lerobot_case(c.compare, Path(c.lerobot_script), lr_args, c.threads, c.runs)
                     _emit(lerobot)
                 _emit(_ratio(rec, lerobot, "s_per_step_median"))
     return out
@@ -645,48 +653,20 @@ CASES = (
 )
 
 
-def _case_main(argv: list[str]) -> None:
-    what = argv[0]
-    p = argparse.ArgumentParser()
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--lang", type=int, default=48)
-    p.add_argument("--preset", default="base")
-    p.add_argument("--cams", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--mode")
-    p.add_argument("--num-steps", type=int)
-    p.add_argument("--actions-out", type=Path)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--precision", default="fp32")
-    a = p.parse_args(argv[1:])
-    if what == "matmul":
-        rec = matmul_peak(a.threads)
-    elif what == "checkpoint":
-        write_checkpoint(a.preset, a.cams, a.out, image_size=a.image_size)
-        rec = {"case": "checkpoint", "path": str(a.out)}
-    elif what == "inference":
-        rec = inference_case(
-            a.preset, a.checkpoint, a.mode, a.runs, a.threads, a.lang, a.num_steps, a.actions_out
-        )
-    elif what == "train":
-        rec = train_case(a.preset, a.checkpoint, a.batch, a.runs, a.threads, a.lang, a.precision)
-    else:
-        raise BenchError(f"case: got {what!r}")
-    print(json.dumps(rec), flush=True)
-
-
-def _namespace(cfg: BenchCommonConfig, **fields: Any) -> argparse.Namespace:
-    """The settings run_inference / run_train read."""
-    common = {
-        "threads": cfg.threads,
-        "runs": cfg.runs,
-        "compare": cfg.compare,
-        "lerobot_script": Path(cfg.lerobot_script),
-    }
-    return argparse.Namespace(**{**common, **fields})
+def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """A case in this process, from the JSON spec `_child` sent."""
+    case = spec.pop("case")
+    if case == "matmul":
+        return matmul_peak(spec["threads"])
+    if case == "checkpoint":
+        write_checkpoint(spec["preset"], spec["cams"], Path(spec["out"]), image_size=spec["image_size"])
+        return {"case": "checkpoint", "path": spec["out"]}
+    if case == "inference":
+        spec.update(checkpoint=Path(spec["checkpoint"]), actions_out=Path(spec["actions_out"]))
+        return inference_case(**spec)
+    if case == "train":
+        return train_case(**{**spec, "checkpoint": Path(spec["checkpoint"])})
+    raise BenchError(f"case: got {case!r}, expected matmul, checkpoint, inference or train")
 
 
 def run_command(cfg: Any) -> None:
@@ -697,103 +677,32 @@ def run_command(cfg: Any) -> None:
     _check_compare(cfg.compare, Path(cfg.lerobot_script))
     peak = run_matmul(cfg.threads) if cfg.matmul else None
     if isinstance(cfg, BenchInferenceConfig):
-        run_inference(
-            _namespace(
-                cfg,
-                preset=cfg.policy.preset,
-                cams=list(cfg.cams),
-                mode=list(cfg.mode),
-                lang=cfg.lang,
-                num_steps=cfg.policy.num_steps,
-                image_size=cfg.image_size,
-            ),
-            peak,
-        )
+        run_inference(cfg, peak)
         return
     if isinstance(cfg, BenchTrainConfig):
-        run_train(
-            _namespace(
-                cfg,
-                preset=cfg.policy.preset,
-                cams=cfg.cams,
-                batch=cfg.batch_size,
-                lang=cfg.lang,
-                precision=list(cfg.precision),
-                image_size=cfg.image_size,
-            ),
-            peak,
-        )
+        run_train(cfg, peak)
         return
-    # the README table
-    common = dict(
-        threads=cfg.threads, runs=cfg.runs, compare=cfg.compare, lerobot_script=Path(cfg.lerobot_script)
-    )
+    # every figure of the Speed page, with the run's own settings
+    common = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(BenchCommonConfig)}
+    infer = functools.partial(BenchInferenceConfig, **common)
+    train = functools.partial(BenchTrainConfig, **common)
+    run_inference(infer(cams=(2, 3)), peak)
+    run_inference(infer(mode=("int8",), policy=BenchPolicyConfig(num_steps=5)), peak)
+    # fewer vision tokens: 36 per camera instead of 64 (a policy fine-tuned at 384 px)
+    run_inference(infer(cams=(2, 3), mode=("int8",), image_size=384), peak)
+    run_train(train(cams=2), peak)
+    run_train(train(cams=2, precision=("bf16",), image_size=384), peak)
+    tiny = {**common, "compare": None}
+    tiny_policy = BenchPolicyConfig(preset="tiny")
     run_inference(
-        argparse.Namespace(
-            preset="base",
-            cams=[2, 3],
-            mode=list(INFER_MODES),
-            lang=48,
-            num_steps=None,
-            image_size=None,
-            **common,
-        ),
-        peak,
-    )
-    run_inference(
-        argparse.Namespace(
-            preset="base", cams=[2], mode=["int8"], lang=48, num_steps=5, image_size=None, **common
-        ),
-        peak,
-    )
-    run_inference(  # fewer vision tokens: 36 per camera instead of 64 (a policy fine-tuned at 384 px)
-        argparse.Namespace(
-            preset="base", cams=[2, 3], mode=["int8"], lang=48, num_steps=None, image_size=384, **common
-        ),
-        peak,
+        BenchInferenceConfig(**tiny, policy=tiny_policy, cams=(1,), mode=("fp32", "int8"), lang=24), peak
     )
     run_train(
-        argparse.Namespace(
-            preset="base", cams=2, batch=4, lang=48, precision=["fp32", "bf16"], image_size=None, **common
-        ),
-        peak,
-    )
-    run_train(
-        argparse.Namespace(
-            preset="base", cams=2, batch=4, lang=48, precision=["bf16"], image_size=384, **common
-        ),
-        peak,
-    )
-    tiny = dict(common, compare=None)
-    run_inference(
-        argparse.Namespace(
-            preset="tiny",
-            cams=[1],
-            mode=["fp32", "int8"],
-            lang=24,
-            num_steps=None,
-            image_size=None,
-            **tiny,
-        ),
-        peak,
-    )
-    run_train(
-        argparse.Namespace(
-            preset="tiny",
-            cams=None,
-            batch=64,
-            lang=24,
-            precision=["fp32", "bf16"],
-            image_size=None,
-            **tiny,
-        ),
-        peak,
+        BenchTrainConfig(**tiny, policy=BenchTrainPolicyConfig(preset="tiny"), batch_size=64, lang=24), peak
     )
 
 
 if __name__ == "__main__":  # a case in its own process, started by _child (not a command: smolvla bench is)
-    if sys.argv[1:2] != ["_case"]:
-        sys.exit(
-            "usage: python -m smolvla.apps.bench _case ... (smolvla bench's children); use `smolvla bench`"
-        )
-    _case_main(sys.argv[2:])
+    if sys.argv[1:2] != ["_case"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m smolvla.apps.bench _case SPEC_JSON (a child of `smolvla bench`)")
+    print(json.dumps(_run_case(json.loads(sys.argv[2]))), flush=True)
