@@ -114,6 +114,8 @@ def doc_commands() -> list[tuple[str, str]]:
             words = text.split()
             while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):  # MUJOCO_GL=egl ...
                 words.pop(0)
+            if words[:1] == ["torchrun"] and "smolvla.apps.cli" in words:  # the same command under DDP
+                words = ["smolvla", *words[words.index("smolvla.apps.cli") + 1 :]]
             if words[:1] == ["smolvla"] and "<" not in text:
                 found.append((f"{path.relative_to(ROOT)}:{start}", " ".join(words)))
     return found
