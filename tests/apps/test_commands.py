@@ -189,3 +189,34 @@ def test_old_spellings_give_the_same_config_with_one_line_each(old, new, capsys)
     name = " ".join(old[:2]) if old[0] in groups() else old[0]
     err = capsys.readouterr().err.splitlines()
     assert err and all(line.startswith(f"smolvla {name}: ") and "deprecated, use --" in line for line in err)
+
+
+def test_a_run_started_before_the_draccus_flags_still_resumes(tmp_path, capsys):
+    """train_config.json as the flat TrainConfig wrote it (policy_path, grad_accum_steps, wandb: bool,
+    eval.max_episode_steps) reads as today's config, saying what moved; the file is left as it was."""
+    old = {
+        "dataset": {"repo_id": "data/mw", "episodes": None, "augment": False, "augment_max_shift": None,
+                    "augment_crop_scale": None},
+        "policy_path": None, "policy_preset": "micro", "policy_overrides": {"n_action_steps": 2},
+        "rename_map": {}, "env": {"type": None, "task": None},
+        "eval": {"n_episodes": 3, "workers": 1, "max_episode_steps": 50},
+        "output_dir": str(tmp_path), "batch_size": 4, "steps": 10, "grad_accum_steps": 2, "save_freq": 5,
+        "log_freq": 1, "eval_freq": 0, "seed": 7, "num_workers": 0, "device": "cpu", "precision": "fp32",
+        "resume": False, "wandb": False,
+    }  # fmt: skip
+    saved = tmp_path / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(json.dumps(old))
+    _, cfg = cli.parse(["train", f"--output_dir={tmp_path}", "--resume=true", "--steps=20"])
+    assert (cfg.policy.preset, cfg.policy.device, cfg.policy.overrides) == (
+        "micro",
+        "cpu",
+        {"n_action_steps": 2},
+    )
+    assert (cfg.gradient_accumulation_steps, cfg.wandb.enable, cfg.env.max_episode_steps) == (2, False, 50)
+    assert (cfg.eval.n_episodes, cfg.seed, cfg.steps, cfg.resume) == (3, 7, 20, True)
+    err = capsys.readouterr().err
+    assert "has an older shape" in err and "grad_accum_steps -> gradient_accumulation_steps" in err
+    assert json.loads(saved.read_text()) == old
+    assert TrainConfig.from_dict(old) == dataclasses.replace(cfg, steps=10, resume=False)
+    assert TrainConfig.upgrade_dict(cfg.to_dict()) == (cfg.to_dict(), [])  # today's shape: untouched

@@ -17,9 +17,11 @@ import dataclasses
 import difflib
 import json
 import sys
+import tempfile
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import draccus
@@ -155,10 +157,37 @@ def _smolvla_cause(e: BaseException) -> SmolVLAError | None:
     return None
 
 
+def _upgraded(cls: type, argv: list[str], prog: str, tmp: Path) -> list[str]:
+    """argv with a `--config_path` file of an older shape replaced by its upgraded copy in `tmp`
+    (the class's `upgrade_dict`), saying once what moved; the file itself is left as it is."""
+    upgrade = getattr(cls, "upgrade_dict", None)
+    out = list(argv)
+    for i, arg in enumerate(out):
+        name, _, value = arg.partition("=")
+        if upgrade is None or name != "--config_path" or not Path(value).is_file():
+            continue
+        try:
+            d = json.loads(Path(value).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return out  # draccus reports an unreadable file itself
+        if not isinstance(d, dict):
+            return out
+        new, moved = upgrade(d)
+        if moved:
+            print(
+                f"{prog}: {value} has an older shape, read as today's ({', '.join(moved)})", file=sys.stderr
+            )
+            copy = tmp / Path(value).name
+            copy.write_text(json.dumps(new))
+            out[i] = f"--config_path={copy}"
+    return out
+
+
 def parse_config(cls: type, argv: list[str], prog: str) -> Any:
     """An instance of `cls` from normalized argv (see `normalize`), draccus reading `--config_path`."""
     try:
-        return _raising_parser(cls, prog).parse_args(argv)
+        with tempfile.TemporaryDirectory(prefix="smolvla-config-") as tmp:
+            return _raising_parser(cls, prog).parse_args(_upgraded(cls, argv, prog, Path(tmp)))
     except draccus.utils.DraccusException as e:
         cause = _smolvla_cause(e)
         raise (cause if cause is not None else UsageError(str(e).replace("\n", " "))) from None

@@ -9,6 +9,7 @@ lands in `policy.overrides`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,13 +141,48 @@ class TrainConfig:
 
         return draccus.encode(self)
 
+    @staticmethod
+    def upgrade_dict(d: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """A train_config.json written before the command line came from draccus (flat `policy_path`,
+        `grad_accum_steps`, `wandb: true`, ...) in today's shape, and the keys that moved, so that runs
+        started before keep resuming. A file of today's shape comes back unchanged, with no keys."""
+        out = json.loads(json.dumps(d))  # a deep copy of plain JSON
+        moved = []
+        policy = out.get("policy") if isinstance(out.get("policy"), dict) else {}
+        flat = {
+            "policy_path": "path",
+            "policy_preset": "preset",
+            "policy_overrides": "overrides",
+            "device": "device",
+        }
+        for old, new in flat.items():
+            if old in out:
+                policy[new] = out.pop(old)
+                moved.append(f"{old} -> policy.{new}")
+        if moved:
+            out["policy"] = policy
+        if "grad_accum_steps" in out:
+            out["gradient_accumulation_steps"] = out.pop("grad_accum_steps")
+            moved.append("grad_accum_steps -> gradient_accumulation_steps")
+        if isinstance(out.get("wandb"), bool):
+            out["wandb"] = {"enable": out["wandb"]}
+            moved.append("wandb -> wandb.enable")
+        ev = out.get("eval")
+        if isinstance(ev, dict) and "max_episode_steps" in ev:
+            env = out.setdefault("env", {})
+            if isinstance(env, dict):
+                env["max_episode_steps"] = ev.pop("max_episode_steps")
+                moved.append("eval.max_episode_steps -> env.max_episode_steps")
+        return out, moved
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config `to_dict` wrote (a checkpoint's train_config.json); unknown keys are errors."""
+        """The config `to_dict` wrote (a checkpoint's train_config.json, also of the older shape);
+        unknown keys are errors."""
         import draccus
 
         try:
-            return draccus.decode(cls, d)
+            return draccus.decode(cls, cls.upgrade_dict(d)[0])
         except draccus.utils.DecodingError as e:
             if isinstance(e.__cause__, SmolVLAError):
                 raise e.__cause__ from None
