@@ -73,15 +73,16 @@ def micro_policy(micro_cfg: SmolVLAConfig) -> SmolVLAPolicy:
     return SmolVLAPolicy.from_config(micro_cfg)
 
 
-def save_checkpoint(name: str, folder: Path) -> Path:
-    """A checkpoint folder with processors (unit stats), as `smolvla serve` loads it."""
-    cfg = preset(name)
+def save_checkpoint(cfg: str | SmolVLAConfig, folder: Path, processors: bool = True) -> Path:
+    """A checkpoint folder (seed 0 weights) of a preset name or a config, with processors (unit stats)
+    as `smolvla serve` and `smolvla eval` load it, or without them."""
+    cfg = preset(cfg) if isinstance(cfg, str) else cfg
     torch.manual_seed(0)
-    policy = SmolVLAPolicy.from_config(cfg)
-    policy.save_pretrained(folder)
-    pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg))
-    pre.save(folder)
-    post.save(folder)
+    SmolVLAPolicy.from_config(cfg).save_pretrained(folder)
+    if processors:
+        pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg))
+        pre.save(folder)
+        post.save(folder)
     return folder
 
 

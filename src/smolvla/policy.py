@@ -138,7 +138,7 @@ class SmolVLAPolicy(nn.Module):
             from smolvla.model.inference import load_prepared
 
             if device is not None and torch.device(device).type != "cpu":
-                raise BatchError(
+                raise ConfigError(
                     f"inference_mode: {inference_mode!r} prepares for CPUs, got device {device!r}; "
                     "on a GPU load without it (and use set_precision)"
                 )
@@ -206,7 +206,7 @@ class SmolVLAPolicy(nn.Module):
         exact_only (with frozen_only): only the frozen parts whose every value `dtype` holds exactly
         (a bf16 checkpoint such as smolvla_base, loaded as fp32), so that no weight changes."""
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise BatchError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
+            raise ConfigError(f"dtype: got {dtype}, expected torch.float32, torch.bfloat16 or torch.float16")
         if not frozen_only:
             self.model.vlm_with_expert.to(dtype)
             return self

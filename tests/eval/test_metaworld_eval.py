@@ -11,7 +11,6 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
 
 import pytest
-import torch
 
 from smolvla.apps.cli import main as cli_main
 from smolvla.apps.cli import parse
@@ -20,8 +19,7 @@ from smolvla.envs.metaworld import EVAL_SEED_BASE
 from smolvla.errors import SmolVLAError
 from smolvla.eval import EvalConfig, evaluate, print_table
 from smolvla.eval.metaworld import MAX_EPISODE_STEPS, EvalPipelineConfig
-from smolvla.policy import SmolVLAPolicy
-from smolvla.processing import make_pre_post_processors, unit_stats
+from tests.conftest import save_checkpoint
 
 pytest.importorskip("metaworld")
 av = pytest.importorskip("av")
@@ -39,16 +37,6 @@ def micro_config(cameras: tuple[str, ...] = (CAMERA,)) -> SmolVLAConfig:
         output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
         resize_imgs_with_padding=(16, 16),
     )
-
-
-def save_checkpoint(cfg: SmolVLAConfig, path: Path, processors: bool = True) -> Path:
-    torch.manual_seed(0)
-    SmolVLAPolicy.from_config(cfg).save_pretrained(path)
-    if processors:
-        pre, post = make_pre_post_processors(cfg, dataset_stats=unit_stats(cfg))
-        pre.save(path)
-        post.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
