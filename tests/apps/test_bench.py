@@ -14,6 +14,15 @@ from smolvla.apps import bench
 from smolvla.apps.cli import main, parse
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The cases set torch's thread count for their process (in a real run, their own child); here
+    they run in the test process, which must get its count back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def test_inference_case_reports_the_stages_of_predict_action_chunk(tmp_path):
     bench.write_checkpoint("micro", 2, tmp_path / "ckpt")
     rec = bench.inference_case("micro", tmp_path / "ckpt", "int8", 2, 1, 7, None, tmp_path / "a.safetensors")

@@ -37,6 +37,8 @@ FLAGS = [
 # exactly there, every time (a timer would land anywhere, and the test would test nothing in particular).
 CHILD = """
 import os, signal, sys
+import torch
+torch.set_num_threads(1)  # as the test's own runs: float sums then agree to the bit across processes
 from smolvla.apps.cli import parse
 from smolvla.train import loop, state
 
@@ -61,6 +63,17 @@ else:  # right after step `at` is logged
     loop._Logger.log = logged
 loop.train(parse(["train", *argv])[1], progress=False)
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Every run here, in this process or the killed child, on one intra-op thread: a run resumed on
+    another thread count than it started sums floats in another order (and another test may have left
+    this process on any count)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
