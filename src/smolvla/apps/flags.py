@@ -203,6 +203,14 @@ def parse_config(cls: type, argv: list[str], prog: str) -> Any:
 def help_text(cls: type, prog: str, description: str | None, epilog: str = "") -> str:
     """draccus's help (every flag, its type, default and comment) plus the command's notes."""
     parser = _raising_parser(cls, prog, description).parser
+    for group in parser._action_groups:  # draccus lists each group's `--<group>` file option twice
+        seen: set[tuple[str, ...]] = set()
+        unique = []
+        for action in group._group_actions:
+            if tuple(action.option_strings) not in seen or not action.option_strings:
+                unique.append(action)
+            seen.add(tuple(action.option_strings))
+        group._group_actions[:] = unique
     for action in parser._actions:
         if action.help:  # a comment's "91 %" is text, not an argparse format
             action.help = action.help.replace("%", "%%").replace("%%(default)s", "%(default)s")
