@@ -379,9 +379,7 @@ class SmolVLAPolicy(nn.Module):
             if lo < -1e-3 or hi > 1 + 1e-3:
                 hint = " (looks like 0-255 values: divide by 255)" if hi > 2 else ""
                 raise BatchError(f"{key}: values in [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
-            if cfg.resize_imgs_with_padding is not None:
-                img = resize_with_pad(img, *cfg.resize_imgs_with_padding, pad_value=0)
-            images.append(img * 2.0 - 1.0)  # SigLIP's [-1, 1]; black padding becomes -1
+            images.append(self.model_image(img))
             m = batch.get(f"{key}_padding_mask")
             masks.append(
                 torch.ones(b, dtype=torch.bool, device=img.device) if m is None else m.bool().reshape(b)
@@ -390,6 +388,13 @@ class SmolVLAPolicy(nn.Module):
             images.append(torch.full_like(images[-1], -1.0))
             masks.append(torch.zeros(b, dtype=torch.bool, device=images[-1].device))
         return images, masks
+
+    def model_image(self, img: torch.Tensor) -> torch.Tensor:
+        """A validated camera batch (B, 3, H, W) in [0, 1] -> what the vision tower takes: resized with
+        padding to the config's size, in SigLIP's [-1, 1] (black padding becomes -1)."""
+        if self.config.resize_imgs_with_padding is not None:
+            img = resize_with_pad(img, *self.config.resize_imgs_with_padding, pad_value=0)
+        return img * 2.0 - 1.0
 
     def _prepare_state(self, batch: dict[str, Any]) -> torch.Tensor:
         state = batch.get(OBS_STATE)

@@ -19,12 +19,14 @@ from smolvla.config import BackboneConfig, TextConfig, VisionConfig
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An attention mask (B, Lq, Lk) bool as the additive bias `attention` uses: (B, 1, Lq, Lk).
 
-    Masked scores get the dtype's finite minimum (as LeRobot does), not -inf: a fully masked row (a
-    padding token) then attends uniformly instead of producing NaN, which would leak through later
-    layers' value projections.
+    Masked scores get a finite minimum (as LeRobot does), not -inf: a fully masked row (a padding
+    token) then attends uniformly instead of producing NaN, which would leak through later layers'
+    value projections. fp32 and bf16 both take bf16's minimum: an fp32 graph run with bf16 arithmetic
+    (OpenVINO's bf16 hint) would round fp32's own minimum to -inf. Softmax gives the same either way.
     """
+    fill = torch.finfo(torch.float16 if dtype == torch.float16 else torch.bfloat16).min
     bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    return bias.masked_fill_(~mask, torch.finfo(dtype).min)[:, None]
+    return bias.masked_fill_(~mask, fill)[:, None]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

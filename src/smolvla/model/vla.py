@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smolvla.flow import euler
 from smolvla.config import BackboneConfig, ConfigError, SmolVLAConfig, expert_intermediate_size
 from smolvla.model.backbone import (
     DecoderLayer,
@@ -281,6 +282,18 @@ class PrefixCache:
     prefix: Prefix | None = None  # kept only without a cache (use_cache=False): re-run at every step
 
 
+def suffix_layout(prefix_pad: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The action tokens' attention among themselves (B, S, S) bool, causal, and their positions
+    (B, S), which continue the prefix's real tokens. prefix_pad (B, P) bool."""
+    b, device = prefix_pad.shape[0], prefix_pad.device
+    suffix_mask = make_att_2d_masks(
+        torch.ones(b, s, dtype=torch.bool, device=device),
+        torch.ones(b, s, dtype=torch.long, device=device),
+    )
+    positions = prefix_pad.sum(dim=1, keepdim=True) + torch.arange(s, device=device)[None]
+    return suffix_mask, positions
+
+
 # guidance(x_t, t, velocity_fn) -> v: replaces v(x_t, t) in an Euler step. velocity_fn(x) is the step's
 # velocity at flow time t against the prefilled prefix; a hook may call it under autograd (RTC does).
 Guidance = Callable[[torch.Tensor, float, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
@@ -430,13 +443,7 @@ class VLAFlowMatching(nn.Module):
         config's): False keeps only the embeddings, and every step re-runs the whole [prefix; suffix]
         pass (LeRobot's use_cache=False, which crashes there, spec §8.9): slower, same result."""
         prefix = self.embed_prefix(obs)
-        b, s = prefix.pad.shape[0], self.cfg.chunk_size
-        device = prefix.pad.device
-        suffix_mask = make_att_2d_masks(
-            torch.ones(b, s, dtype=torch.bool, device=device),
-            torch.ones(b, s, dtype=torch.long, device=device),
-        )
-        positions = prefix.pad.sum(dim=1, keepdim=True) + torch.arange(s, device=device)[None]  # (B, S)
+        suffix_mask, positions = suffix_layout(prefix.pad, self.cfg.chunk_size)
         if not (self.cfg.use_cache if use_cache is None else use_cache):
             return PrefixCache(None, prefix.pad, suffix_mask, positions, prefix)
         kv = self.vlm_with_expert.prefix_cache(
@@ -472,17 +479,14 @@ class VLAFlowMatching(nn.Module):
         shape = (b, self.cfg.chunk_size, self.cfg.max_action_dim)
         x = torch.randn(shape, device=obs.state.device) if noise is None else noise.to(torch.float32).clone()
         cache = self.prefill(obs) if cache is None else cache
-        n = num_steps or self.cfg.num_steps
-        dt = -1.0 / n
-        for step in range(n):
-            t = 1.0 + step * dt
-            t_b = torch.full((b,), t, dtype=torch.float32, device=x.device)
+
+        def v(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            t_b = torch.full((b,), t, dtype=torch.float32, device=x_t.device)
             if guidance is None:
-                v = self.velocity(x, t_b, cache)
-            else:
-                v = guidance(x, t, lambda x_t, t_b=t_b: self.velocity(x_t, t_b, cache))
-            x = x + dt * v
-        return x
+                return self.velocity(x_t, t_b, cache)
+            return guidance(x_t, t, lambda x_: self.velocity(x_, t_b, cache))
+
+        return euler(x, num_steps or self.cfg.num_steps, v)
 
 
 def sample_time(batch: int, device: torch.device | str) -> torch.Tensor:

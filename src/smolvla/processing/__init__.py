@@ -1,47 +1,28 @@
-"""Pre/post-processing: images, language tokens, normalization, and LeRobot's processor files."""
+"""Pre/post-processing: images, language tokens, normalization, and LeRobot's processor files.
 
-from smolvla.processing.images import resize_with_pad
-from smolvla.processing.normalize import (
-    MissingStatsError,
-    Normalizer,
-    StatsError,
-    flatten_stats,
-    load_stats,
-    unflatten_stats,
-    unit_stats,
-)
-from smolvla.processing.pipeline import (
-    PolicyPostprocessor,
-    PolicyPreprocessor,
-    ProcessorError,
-    make_pre_post_processors,
-    sample_observation,
-)
-from smolvla.processing.tokenizer import (
-    LanguageTokenizer,
-    TokenizerError,
-    build_byte_tokenizer,
-    load_tokenizer,
-    save_byte_tokenizer,
-)
+The names load lazily: the tokenizer is used without torch by the exported runtime (smolvla.runtime)."""
 
-__all__ = [
-    "LanguageTokenizer",
-    "MissingStatsError",
-    "Normalizer",
-    "PolicyPostprocessor",
-    "PolicyPreprocessor",
-    "ProcessorError",
-    "StatsError",
-    "TokenizerError",
-    "build_byte_tokenizer",
-    "flatten_stats",
-    "load_stats",
-    "load_tokenizer",
-    "make_pre_post_processors",
-    "resize_with_pad",
-    "sample_observation",
-    "save_byte_tokenizer",
-    "unflatten_stats",
-    "unit_stats",
-]
+from smolvla import lazy_exports
+
+_EXPORTS = {
+    "LanguageTokenizer": "smolvla.processing.tokenizer",
+    "MissingStatsError": "smolvla.processing.normalize",
+    "Normalizer": "smolvla.processing.normalize",
+    "PolicyPostprocessor": "smolvla.processing.pipeline",
+    "PolicyPreprocessor": "smolvla.processing.pipeline",
+    "ProcessorError": "smolvla.processing.pipeline",
+    "StatsError": "smolvla.processing.normalize",
+    "TokenizerError": "smolvla.processing.tokenizer",
+    "build_byte_tokenizer": "smolvla.processing.tokenizer",
+    "flatten_stats": "smolvla.processing.normalize",
+    "load_stats": "smolvla.processing.normalize",
+    "load_tokenizer": "smolvla.processing.tokenizer",
+    "make_pre_post_processors": "smolvla.processing.pipeline",
+    "resize_with_pad": "smolvla.processing.images",
+    "sample_observation": "smolvla.processing.pipeline",
+    "save_byte_tokenizer": "smolvla.processing.tokenizer",
+    "unflatten_stats": "smolvla.processing.normalize",
+    "unit_stats": "smolvla.processing.normalize",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

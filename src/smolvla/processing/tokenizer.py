@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from smolvla.config import MICRO_BACKBONE, TINY_BACKBONE
@@ -129,8 +129,23 @@ class LanguageTokenizer:
         *,
         truncation: bool = True,
         padding_side: str = "right",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens int64 [B, L], attention_mask bool [B, L]) for `task + "\\n"` of each task."""
+    ) -> tuple[Any, Any]:
+        """(tokens int64 [B, L], attention_mask bool [B, L]) torch tensors for `task + "\\n"` of each task."""
+        import torch  # imported here: the exported runtime tokenizes with `encode`, without torch
+
+        tokens, mask = self.encode(tasks, max_length, padding, truncation=truncation, padding_side=padding_side)
+        return torch.from_numpy(tokens), torch.from_numpy(mask)
+
+    def encode(
+        self,
+        tasks: list[str] | str,
+        max_length: int,
+        padding: str = "longest",
+        *,
+        truncation: bool = True,
+        padding_side: str = "right",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens int64 [B, L], attention_mask bool [B, L]) numpy arrays for `task + "\\n"` of each task."""
         if isinstance(tasks, str):
             tasks = [tasks]
         if not isinstance(tasks, (list, tuple)) or not tasks:
@@ -166,9 +181,20 @@ class LanguageTokenizer:
         # add_special_tokens=True like transformers' default: a post-processor (BOS/EOS) would apply;
         # SmolVLM2's tokenizer has none, so nothing is added there.
         encs = tok.encode_batch(texts, add_special_tokens=True)
-        tokens = torch.tensor([e.ids for e in encs], dtype=torch.int64)
-        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.bool)
+        tokens = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=bool)
         return tokens, mask
+
+    def save(self, path: str | Path) -> Path:
+        """Writes tokenizer.json and a tokenizer_config.json with the settings `from_dir` reads back."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(path / "tokenizer.json"))
+        cfg = {"truncation_side": self.truncation_side, "padding_side": self.padding_side}
+        if self.pad_token is not None:
+            cfg["pad_token"] = self.pad_token
+        write_json(path / "tokenizer_config.json", cfg)
+        return path
 
 
 def load_tokenizer(name_or_path: str | Path, *, relative_to: Path | None = None) -> LanguageTokenizer:
