@@ -163,12 +163,13 @@ def test_frames_are_letterboxed_as_in_sync_inference_not_squashed(micro_engine):
     obs, _ = micro_engine.spec.validate(msg)
     served = micro_engine.infer(obs, seed=3)
 
-    cfg = micro_engine.policy.config
+    p = micro_engine.predictor
+    cfg = p.policy.config
     noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(3))
 
     def sync_path(observation):  # what smolvla.eval's PolicyActor does
-        chunk = micro_engine.policy.predict_action_chunk(micro_engine.pre(observation), noise)
-        return micro_engine.post(chunk)[0].numpy()
+        chunk = p.policy.predict_action_chunk(p.pre(observation), noise)
+        return p.post(chunk)[0].numpy()
 
     np.testing.assert_allclose(served, sync_path(dict(msg)), rtol=0, atol=1e-6)
     squashed = (
@@ -247,7 +248,7 @@ def test_a_prepared_policy_serves_the_same_actions_as_the_plain_one(micro_ckpt):
     obs = {**micro_obs(), "seed": 3}
     plain = InferenceEngine.load(str(micro_ckpt))
     fast = InferenceEngine.load(str(micro_ckpt), inference_mode="fp32")
-    assert fast.policy.inference_mode == "fp32" and plain.policy.inference_mode is None
+    assert fast.predictor.policy.inference_mode == "fp32" and plain.predictor.policy.inference_mode is None
     with (
         ServerThread(PolicyServer(plain, ServerConfig(port=0))) as a,
         ServerThread(PolicyServer(fast, ServerConfig(port=0))) as b,
@@ -260,5 +261,5 @@ def test_a_prepared_policy_serves_the_same_actions_as_the_plain_one(micro_ckpt):
 
 
 def test_rtc_refuses_int8_layers(micro_ckpt):
-    with pytest.raises(ValueError, match=r"inference_mode=int8 runs int8 layers.*bf16 or fp32"):
+    with pytest.raises(ValueError, match=r"RTC differentiates the policy.*fp32 or bf16, not torch int8"):
         InferenceEngine.load(str(micro_ckpt), inference_mode="int8", rtc=RTCConfig())

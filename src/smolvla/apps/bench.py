@@ -21,13 +21,11 @@ interpreter for the matching cases and prints its JSON lines and a ratio line be
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import gc
+import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,9 +37,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from smolvla.apps.bench_measure import median, peaks, reset_peak_rss
 from smolvla.errors import SmolVLAError
 
 INFER_MODES = ("reference", "fp32", "bf16", "int8")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 # LeRobot's precision beside each of our modes (its best bf16 setting for ours in bf16 and int8)
 LEROBOT_PREC = {"reference": "fp32", "fp32": "fp32", "bf16": "bf16vlm_expert", "int8": "bf16vlm_expert"}
 TRAIN_PRECISIONS = ("fp32", "bf16")
@@ -61,32 +61,6 @@ class BenchError(SmolVLAError, ValueError):
 
 # --------------------------------------------------------------------------------------------------
 # Measuring
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak_rss() -> None:
-    """Restarts the kernel's peak-RSS counter (VmHWM), so that later peaks belong to what follows."""
-    gc.collect()
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peaks() -> dict[str, float]:
-    return {
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "peak_rss_runs_gb": round(_status_kb("VmHWM") / 2**20, 3),
-    }
-
-
-def _median(xs: list[float]) -> float:
-    return round(statistics.median(xs), 4)
 
 
 def matmul_peak(threads: int, seconds: float = 1.0) -> dict[str, Any]:
@@ -170,19 +144,37 @@ def _batch(policy, b: int, lang: int, actions: bool = False) -> dict[str, torch.
 
 
 def write_checkpoint(
-    preset_name: str, cams: int | None, folder: Path, seed: int = 0, image_size: int | None = None
+    preset_name: str,
+    cams: int | None,
+    folder: Path,
+    seed: int = 0,
+    image_size: int | None = None,
+    lang: int | None = None,
 ) -> None:
     """A random-weight checkpoint in LeRobot's layout (as smolvla_base): bf16 backbone and expert,
-    fp32 projections."""
+    fp32 projections; with processors (unit stats), so that it loads as a user's checkpoint does
+    (`smolvla.runtime.load_policy`, `smolvla export`)."""
     from smolvla.policy import SmolVLAPolicy
+    from smolvla.processing import load_tokenizer, make_pre_post_processors, unit_stats
 
     torch.manual_seed(seed)
-    policy = SmolVLAPolicy(_config(preset_name, cams, image_size))
+    # the exported graphs take tokenizer_max_length tokens: as many as the torch cases' batches
+    overrides = {"tokenizer_max_length": lang} if lang else {}
+    policy = SmolVLAPolicy(_config(preset_name, cams, image_size, **overrides))
     policy._file_dtypes = {
         k: torch.bfloat16 if k.startswith("model.vlm_with_expert.") else torch.float32
         for k in policy.state_dict()
     }
     policy.save_pretrained(folder)
+    # SmolVLM2's tokenizer is not on this machine: the built-in byte tokenizer stands in (its ids fit
+    # every backbone's vocabulary; speed depends on the token count, tokenizer_max_length, alone).
+    name = "smolvla/tiny-backbone"
+    pre, post = make_pre_post_processors(
+        policy.config, dataset_stats=unit_stats(policy.config), tokenizer=load_tokenizer(name)
+    )
+    pre.tokenizer_name = name
+    pre.save(folder)
+    post.save(folder)
 
 
 def _image_fields(policy) -> dict[str, Any]:
@@ -262,13 +254,13 @@ def inference_case(
         return x, vision[0], t1 - t0 - vision[0], time.perf_counter() - t1
 
     chunk()  # warm-up
-    _reset_peak_rss()
+    reset_peak_rss()
     samples, cpu = [], []
     for _ in range(runs):
         c0 = time.process_time()
         samples.append(chunk())
         cpu.append(time.process_time() - c0)
-    peaks = _peaks()
+    rss = peaks()
     actions = samples[-1][0][:, :, : cfg.action_feature.shape[0]]
     # the stages are exactly predict_action_chunk's: check it gives the same actions
     same = torch.equal(actions, policy.predict_action_chunk(batch, noise=noise.clone(), num_steps=steps))
@@ -289,19 +281,19 @@ def inference_case(
         "lang_tokens": lang,
         "num_steps": steps,
         "runs": runs,
-        "s_per_chunk_median": _median(totals),
+        "s_per_chunk_median": median(totals),
         "s_per_chunk_min": round(min(totals), 4),
         "chunks_per_s": round(1 / med, 3),
         # CPU seconds of this process per chunk: with 1 thread, a figure that other jobs on the
         # machine barely change (wall time doubles under contention, CPU time does not)
-        "cpu_s_per_chunk_median": _median(cpu),
-        "vision_s_median": _median([a for _, a, _, _ in samples]),
-        "prefix_s_median": _median([b for _, _, b, _ in samples]),
-        "denoise_s_median": _median([c for _, _, _, c in samples]),
+        "cpu_s_per_chunk_median": median(cpu),
+        "vision_s_median": median([a for _, a, _, _ in samples]),
+        "prefix_s_median": median([b for _, _, b, _ in samples]),
+        "denoise_s_median": median([c for _, _, _, c in samples]),
         "gflop_per_chunk": round(flops / 1e9, 1),
         "gflops_per_s": round(flops / med / 1e9, 1),
         "weights_gb": round(param_bytes(policy) / 2**30, 3),
-        **peaks,
+        **rss,
         "load_s": round(load_s, 2),
         "stages_equal_predict_action_chunk": same,
         "torch": torch.__version__,
@@ -340,9 +332,9 @@ def train_case(
         return t1 - t0, t2 - t1, time.perf_counter() - t0, float(loss.detach())
 
     step()  # warm-up (and AdamW's state)
-    _reset_peak_rss()
+    reset_peak_rss()
     samples = [step() for _ in range(runs)]
-    peaks = _peaks()
+    rss = peaks()
     from torch.utils.flop_counter import FlopCounterMode
 
     with (
@@ -366,8 +358,8 @@ def train_case(
         "lang_tokens": lang,
         "runs": runs,
         "s_per_step_median": round(total, 4),
-        "forward_s_median": _median([s[0] for s in samples]),
-        "backward_s_median": _median([s[1] for s in samples]),
+        "forward_s_median": median([s[0] for s in samples]),
+        "backward_s_median": median([s[1] for s in samples]),
         "fwd_bwd_s_median": round(fwd_bwd, 4),
         "samples_per_s": round(batch_size / total, 1),
         "gflop_fwd_bwd": round(fc.get_total_flops() / 1e9, 1),
@@ -375,7 +367,7 @@ def train_case(
         "params": sum(p.numel() for p in policy.parameters()),
         "trainable": sum(p.numel() for p in params),
         "losses": [round(s[3], 4) for s in samples],
-        **peaks,
+        **rss,
         "torch": torch.__version__,
     }
 
@@ -433,11 +425,13 @@ def lerobot_case(python: str, script: Path, args: list[str], threads: int, runs:
 # Driver
 
 
-def _child(case: str, **spec: Any) -> dict[str, Any]:
+def _child(
+    case: str, module: str = "smolvla.apps.bench", env_extra: dict | None = None, **spec: Any
+) -> dict[str, Any]:
     """Runs one case in its own process (so its peak RSS is its own); the spec travels as one JSON
     argument and comes back as the child's last stdout line."""
-    cmd = [sys.executable, "-m", "smolvla.apps.bench", "_case", json.dumps({"case": case, **spec})]
-    env = dict(os.environ)
+    cmd = [sys.executable, "-m", module, "_case", json.dumps({"case": case, **spec})]
+    env = {**os.environ, **(env_extra or {})}
     src = str(Path(__file__).resolve().parents[2])  # the package this driver runs, also in the child
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -498,9 +492,11 @@ def _with_peak(rec: dict[str, Any], peak: dict[str, Any] | None, dtype: str) -> 
     return rec
 
 
-def _random_checkpoint(out: Path, preset: str, cams: int | None, image_size: int | None) -> Path:
+def _random_checkpoint(
+    out: Path, preset: str, cams: int | None, image_size: int | None, lang: int | None = None
+) -> Path:
     """`write_checkpoint` in a child process (so no case's peak RSS includes it)."""
-    _child("checkpoint", preset=preset, cams=cams, out=str(out), image_size=image_size)
+    _child("checkpoint", preset=preset, cams=cams, out=str(out), image_size=image_size, lang=lang)
     if not (out / "model.safetensors").is_file():
         raise BenchError(f"could not write the random checkpoint for --policy.preset={preset} --cams={cams}")
     return out
@@ -510,14 +506,19 @@ def run_inference(c: BenchInferenceConfig, peak: dict[str, Any] | None) -> list[
     for m in c.mode:
         if m not in INFER_MODES:
             raise BenchError(f"--mode: got {m!r}, expected some of {list(INFER_MODES)}")
+    for b in c.backend:
+        if b not in BACKENDS:
+            raise BenchError(f"--backend: got {b!r}, expected some of {list(BACKENDS)}")
+        if b != "torch" and importlib.util.find_spec(b) is None:
+            raise BenchError(f"--backend: {b} is not installed (pip install 'smolvla[{b}]')")
     preset, steps = c.policy.preset, c.policy.num_steps
     out = []
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
         for cams in c.cams:
-            ckpt = _random_checkpoint(Path(tmp) / f"{preset}-{cams}cams", preset, cams, c.image_size)
+            ckpt = _random_checkpoint(Path(tmp) / f"{preset}-{cams}cams", preset, cams, c.image_size, c.lang)
             refs: dict[str, torch.Tensor] = {}
             lerobot: dict[str, dict[str, Any]] = {}
-            for mode in c.mode:
+            for mode in c.mode if "torch" in c.backend else ():
                 act = Path(tmp) / f"actions-{cams}-{mode}.safetensors"
                 rec = _child(
                     "inference",
@@ -555,6 +556,80 @@ def run_inference(c: BenchInferenceConfig, peak: dict[str, Any] | None) -> list[
                         lerobot[prec] = lerobot_case(c.compare, script, lr_args, c.threads, c.runs)
                         _emit(lerobot[prec])
                     _emit(_ratio(rec, lerobot[prec], "s_per_chunk_median"))
+            exported = [b for b in c.backend if b != "torch"]
+            if exported or c.auto:
+                out += _run_exported(c, ckpt, Path(tmp), cams, exported, refs)
+    return out
+
+
+def _inputs_file(ckpt: Path, lang: int, path: Path) -> Path:
+    """The torch cases' inputs (`_batch`, and their noise) as safetensors, for the exported cases."""
+    from types import SimpleNamespace
+
+    from smolvla.checkpoint import resolve_backbone
+    from smolvla.config import SmolVLAConfig
+
+    cfg = SmolVLAConfig.load(ckpt / "config.json")
+    backbone, _ = resolve_backbone(cfg, ckpt)
+    batch = _batch(SimpleNamespace(config=cfg, backbone=backbone), 1, lang)
+    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1))
+    tensors = {k: v for k, v in batch.items() if k.startswith("observation.images.")}
+    tensors.update(
+        tokens=batch["observation.language.tokens"],
+        token_mask=batch["observation.language.attention_mask"],
+        state=batch["observation.state"],
+        noise=noise,
+    )
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def _run_exported(
+    c: BenchInferenceConfig, ckpt: Path, tmp: Path, cams: int, backends: list[str], refs: dict
+) -> list[dict[str, Any]]:
+    """The export (as `load_policy` makes it, into a cache in `tmp`), each exported backend x mode on
+    the torch cases' inputs and noise, and what auto picks."""
+    from smolvla.runtime.exported import openvino_bf16
+
+    env = {"SMOLVLA_CACHE": str(tmp / "cache")}
+    out = []
+    export = _child("export", "smolvla.apps.bench_exported", env, checkpoint=str(ckpt))
+    _emit(export)
+    out.append(export)
+    if "error" in export:
+        return out
+    inputs = _inputs_file(ckpt, c.lang, tmp / f"inputs-{cams}.safetensors")
+    supported = {
+        "onnxruntime": ("fp32", "int8"),
+        "openvino": ("fp32", "int8", *(("bf16",) if openvino_bf16() else ())),
+    }
+    for backend in backends:
+        for mode in [m for m in c.mode if m in supported[backend]]:
+            act = tmp / f"actions-{cams}-{backend}-{mode}.safetensors"
+            rec = _child(
+                "exported",
+                "smolvla.apps.bench_exported",
+                env,
+                export_dir=export["path"],
+                backend=backend,
+                mode=mode,
+                runs=c.runs,
+                threads=c.threads,
+                num_steps=c.policy.num_steps,
+                inputs=str(inputs),
+                actions_out=str(act),
+            )
+            base = refs.get("fp32", refs.get("reference"))
+            if act.is_file() and base is not None:
+                err = (load_file(str(act))["actions"] - base).abs()
+                rec["action_err_vs_fp32_mean"] = float(f"{err.mean().item():.3g}")
+                rec["action_err_vs_fp32_max"] = float(f"{err.max().item():.3g}")
+            _emit(rec)
+            out.append(rec)
+    if c.auto:
+        rec = _child("auto", "smolvla.apps.bench_exported", env, checkpoint=str(ckpt), threads=c.threads)
+        _emit(rec)
+        out.append(rec)
     return out
 
 
@@ -620,6 +695,11 @@ class BenchInferenceConfig(BenchCommonConfig):
     policy: BenchPolicyConfig = dataclasses.field(default_factory=BenchPolicyConfig)
     cams: tuple[int, ...] = (2,)  # camera counts, one case each (space-separated: --cams 2 3)
     mode: tuple[str, ...] = INFER_MODES  # inference modes among reference, fp32, bf16, int8
+    # torch, onnxruntime, openvino (space-separated): the exported backends run the modes they have
+    # (onnxruntime fp32 int8; openvino fp32 int8, bf16 where the CPU has it), after an export timed
+    # as `load_policy` makes it
+    backend: tuple[str, ...] = ("torch",)
+    auto: bool = False  # also measure what --policy.backend=auto picks here (every backend x precision)
     lang: int = 48  # language tokens
     # camera and model input side in pixels (None: the preset's; base: 256 px cameras padded to 512);
     # fewer pixels, fewer vision tokens: (side / 64)^2 per camera for base
@@ -659,7 +739,9 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
     if case == "matmul":
         return matmul_peak(spec["threads"])
     if case == "checkpoint":
-        write_checkpoint(spec["preset"], spec["cams"], Path(spec["out"]), image_size=spec["image_size"])
+        write_checkpoint(
+            spec["preset"], spec["cams"], Path(spec["out"]), image_size=spec["image_size"], lang=spec["lang"]
+        )
         return {"case": "checkpoint", "path": spec["out"]}
     if case == "inference":
         spec.update(checkpoint=Path(spec["checkpoint"]), actions_out=Path(spec["actions_out"]))

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smolvla.flow import euler
 from smolvla.config import BackboneConfig, ConfigError, SmolVLAConfig, expert_intermediate_size
+from smolvla.flow import euler
 from smolvla.model.backbone import (
     DecoderLayer,
     RMSNorm,

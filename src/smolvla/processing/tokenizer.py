@@ -133,7 +133,9 @@ class LanguageTokenizer:
         """(tokens int64 [B, L], attention_mask bool [B, L]) torch tensors for `task + "\\n"` of each task."""
         import torch  # imported here: the exported runtime tokenizes with `encode`, without torch
 
-        tokens, mask = self.encode(tasks, max_length, padding, truncation=truncation, padding_side=padding_side)
+        tokens, mask = self.encode(
+            tasks, max_length, padding, truncation=truncation, padding_side=padding_side
+        )
         return torch.from_numpy(tokens), torch.from_numpy(mask)
 
     def encode(

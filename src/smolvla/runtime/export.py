@@ -248,10 +248,11 @@ def export_policy(
     check: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Writes the two graphs for the camera set `cameras` (see `camera_set`), their int8 forms (`int8`: ONNX Runtime's; OpenVINO's where openvino and
-    nncf are installed), the tokenizer and smolvla_export.json into `output_dir`. With `check`, each
-    backend runs a chunk beside the PyTorch policy (same observation and noise): fp32 must agree within
-    1e-4 (ExportError otherwise), int8 errors are recorded. Returns the metadata written."""
+    """Writes the two graphs for the camera set `cameras` (see `camera_set`), their int8 forms
+    (`int8`: ONNX Runtime's; OpenVINO's where openvino and nncf are installed), the tokenizer and
+    smolvla_export.json into `output_dir`. With `check`, each backend runs a chunk beside the PyTorch
+    policy (same observation and noise): fp32 must agree within 1e-4 (ExportError otherwise), int8
+    and bf16 errors are recorded. Returns the metadata written."""
     if policy.inference_mode not in (None, "fp32"):
         raise ExportError(
             f"policy: prepared for inference ({policy.inference_mode}); export a checkpoint loaded "
@@ -373,9 +374,7 @@ def check_export(
     return report
 
 
-def export_checkpoint(
-    path: str | Path, output_dir: str | Path, **kw: Any
-) -> dict[str, Any]:
+def export_checkpoint(path: str | Path, output_dir: str | Path, **kw: Any) -> dict[str, Any]:
     """`export_policy` for a checkpoint folder (or hub repo id) with its saved processors."""
     from smolvla.processing import make_pre_post_processors
 

@@ -76,7 +76,9 @@ def _onnxruntime_graph(path: Path, device: str, threads: int | None) -> Graph:
         "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
     }
     if device not in providers:
-        raise ExportedPolicyError(f"device: got {device!r}, expected one of {list(providers)} for onnxruntime")
+        raise ExportedPolicyError(
+            f"device: got {device!r}, expected one of {list(providers)} for onnxruntime"
+        )
     have = ort.get_available_providers()
     if providers[device][0] not in have:
         raise ExportedPolicyError(
@@ -140,7 +142,9 @@ class ExportedPolicy:
         if backend not in BACKENDS:
             raise ExportedPolicyError(f"backend: got {backend!r}, expected one of {list(BACKENDS)}")
         if importlib.util.find_spec(backend) is None:
-            raise ExportedPolicyError(f"backend: {backend!r} is not installed (pip install 'smolvla[{backend}]')")
+            raise ExportedPolicyError(
+                f"backend: {backend!r} is not installed (pip install 'smolvla[{backend}]')"
+            )
         have = self.precisions(self.folder, backend)
         if precision not in have:
             raise ExportedPolicyError(
@@ -149,7 +153,9 @@ class ExportedPolicy:
                 + ("; export with --int8=true" if precision == "int8" else "")
                 + ")"
             )
-        if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
+        if num_steps is not None and (
+            isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1
+        ):
             raise ExportedPolicyError(f"num_steps: got {num_steps!r}, expected a positive integer")
         self.backend, self.precision, self.device = backend, precision, device
         m = self.meta
@@ -157,6 +163,7 @@ class ExportedPolicy:
         self.chunk_size, self.n_action_steps = m["chunk_size"], m["n_action_steps"]
         self.action_dim, self.state_dim = m["action_dim"], m["state_dim"]
         self.cameras: dict[str, tuple[int, ...]] = {k: tuple(v) for k, v in m["cameras"].items()}
+        self.empty_cameras = 0  # the export's camera set is fixed; cameras it leaves out are filled inside
         lang = m["language"]
         self.tokenizer = LanguageTokenizer.from_dir(self.folder / lang["tokenizer"])
         self.max_length, self.task_key = lang["max_length"], lang["task_key"]
@@ -165,7 +172,9 @@ class ExportedPolicy:
         self._state_norm = _affine(norm.get(OBS_STATE))
         self._action_unnorm = _affine(norm.get("action"))
         self._kv_names = [f"{kind}_{i}" for i in m["kv_layers"] for kind in ("k", "v")]
-        files = m["graphs"]["openvino-int8" if (backend, precision) == ("openvino", "int8") else precision if precision != "bf16" else "fp32"]
+        # bf16 is OpenVINO running the fp32 graphs with a bf16 hint; its int8 is its own compressed IR
+        form = {"bf16": "fp32", "int8": "openvino-int8" if backend == "openvino" else "int8"}
+        files = m["graphs"][form.get(precision, precision)]
         paths = {g: self.folder / files[g] for g in ("prefix", "step")}
         for p in paths.values():
             if not p.is_file():
@@ -253,7 +262,9 @@ class ExportedPolicy:
         if isinstance(task, (list, tuple)) and len(task) == 1:
             task = task[0]
         if not isinstance(task, str):
-            raise ExportedPolicyError(f"{self.task_key}: got {task!r:.60}, expected the instruction as a string")
+            raise ExportedPolicyError(
+                f"{self.task_key}: got {task!r:.60}, expected the instruction as a string"
+            )
         tokens, mask = self.tokenizer.encode([task], self.max_length, "max_length")
         feeds["tokens"], feeds["token_mask"] = tokens, mask
         feeds["state"] = self._state(obs)
@@ -274,6 +285,11 @@ class ExportedPolicy:
             raise ExportedPolicyError(f"{OBS_STATE}: contains NaN or inf")
         scale, offset = self._state_norm
         return (s * scale + offset).astype(np.float32)
+
+    def noise(self, seed: int) -> np.ndarray:
+        """Noise drawn by numpy's generator from `seed` (torch's generator is not available here)."""
+        shape = (1, self.chunk_size, self.meta["max_action_dim"])
+        return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
     def _noise(self, noise: np.ndarray | None) -> np.ndarray:
         shape = (1, self.chunk_size, self.meta["max_action_dim"])
@@ -297,16 +313,21 @@ class ExportedPolicy:
         """One denoising step against the prefilled prefix: (1, S, max_action_dim)."""
         return self._step({"x_t": x_t, "t": np.full((1,), t, np.float32), **cache})[0]
 
-    def predict_normalized(
-        self, observation: dict[str, Any], noise: np.ndarray | None = None, num_steps: int | None = None
+    def sample(
+        self, cache: dict[str, np.ndarray], noise: np.ndarray | None = None, num_steps: int | None = None
     ) -> np.ndarray:
-        """A chunk of normalized actions (chunk_size, action_dim), as `SmolVLAPolicy.predict_action_chunk`."""
-        cache = self.prefill(self.prefix_inputs(observation))
-        x = euler(
+        """The Euler loop against a prefilled prefix: (1, S, max_action_dim) normalized, padded."""
+        return euler(
             self._noise(noise),
             num_steps or self.num_steps,
             lambda x_t, t: self.velocity(x_t.astype(np.float32), t, cache),
         )
+
+    def predict_normalized(
+        self, observation: dict[str, Any], noise: np.ndarray | None = None, num_steps: int | None = None
+    ) -> np.ndarray:
+        """A chunk of normalized actions (chunk_size, action_dim), as `SmolVLAPolicy.predict_action_chunk`."""
+        x = self.sample(self.prefill(self.prefix_inputs(observation)), noise, num_steps)
         return x[0, :, : self.action_dim].astype(np.float32)
 
     def predict_chunk(
@@ -331,7 +352,8 @@ class ExportedPolicy:
         if self.state_dim is None:
             return None
         scale, offset = self._state_norm
-        return {"offset": np.broadcast_to(offset, (self.state_dim,)).tolist(), "scale": np.broadcast_to(scale, (self.state_dim,)).tolist()}
+        n = (self.state_dim,)
+        return {"offset": np.broadcast_to(offset, n).tolist(), "scale": np.broadcast_to(scale, n).tolist()}
 
 
 def _affine(entry: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -42,16 +42,18 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
-from smolvla.config import OBS_STATE, ConfigError
+from smolvla.config import ConfigError
 from smolvla.errors import SmolVLAError
-from smolvla.model.rtc import SCHEDULES, RealTimeChunker, RTCConfig
+from smolvla.runtime.select import Predictor, load_policy
+
+if TYPE_CHECKING:
+    from smolvla.model.rtc import RealTimeChunker, RTCConfig
 from smolvla.serving.protocol import (
     CONTROL_KEY,
     Limits,
@@ -73,32 +75,36 @@ ERROR_BYTES_PER_S = 64 * 2**20
 
 
 class InferenceEngine:
-    """A policy with its processors: raw observation -> unnormalized action chunk. Not thread-safe:
-    the server calls it from its single inference thread."""
+    """A loaded policy (`smolvla.runtime.Predictor`: torch, ONNX Runtime or OpenVINO) behind the
+    server: raw observation -> unnormalized action chunk. Not thread-safe: the server calls it from its
+    single inference thread."""
 
     def __init__(
         self,
-        policy: Any,
-        pre: Any,
-        post: Any,
+        predictor: Predictor,
         rtc: RTCConfig | None = None,
         latency: float = 0.0,
         max_task_chars: int = 1024,
     ) -> None:
         if not (isinstance(latency, (int, float)) and math.isfinite(latency) and latency >= 0):
             raise ConfigError(f"latency: got {latency!r}, expected seconds >= 0")
-        self.policy, self.pre, self.post = policy.eval(), pre, post
+        if rtc is not None and (predictor.backend != "torch" or predictor.precision == "int8"):
+            # RTC's guidance differentiates the denoiser: int8 layers and exported graphs have no gradient
+            raise ConfigError(
+                f"--rtc.enabled=true: RTC differentiates the policy, which {predictor.backend} "
+                f"{predictor.precision} cannot; serve with --policy.backend=torch and "
+                "--policy.inference_mode=bf16 or fp32"
+            )
+        self.predictor = predictor
         self.rtc = rtc
         self.latency = float(latency)
-        cfg = policy.config
         self.spec = ObservationSpec(
-            cameras=tuple(cfg.image_features),
-            state_dim=cfg.state_feature.shape[0] if cfg.state_feature is not None else None,
-            empty_cameras=cfg.empty_cameras,
+            cameras=tuple(predictor.cameras),
+            state_dim=predictor.state_dim,
+            empty_cameras=predictor.empty_cameras,
             max_task_chars=max_task_chars,
-            max_inference_delay=cfg.chunk_size,
+            max_inference_delay=predictor.chunk_size,
         )
-        self.device = next(policy.parameters()).device
 
     @classmethod
     def load(
@@ -107,53 +113,37 @@ class InferenceEngine:
         device: str = "cpu",
         num_steps: int | None = None,
         inference_mode: str | None = None,
+        backend: str = "torch",
+        threads: int | None = None,
         **kwargs: Any,
     ) -> InferenceEngine:
-        """`inference_mode` (fp32 | bf16 | int8 | auto, CPU only): the policy prepared for fast inference
-        (smolvla.model.inference); None serves the plain policy."""
-        from smolvla.model.inference import resolve_mode
-        from smolvla.policy import SmolVLAPolicy
-        from smolvla.processing import make_pre_post_processors
-
-        if (
-            inference_mode is not None
-            and kwargs.get("rtc") is not None
-            and resolve_mode(inference_mode) == "int8"
-        ):
-            # RTC's guidance differentiates the denoiser; int8 layers have no gradient
+        """`backend` (torch | onnxruntime | openvino | auto) and `inference_mode` (fp32 | bf16 | int8 |
+        auto; None: the plain policy for torch, fp32 otherwise): see `smolvla.runtime.load_policy`."""
+        if kwargs.get("rtc") is not None and (backend != "torch" or inference_mode in ("auto", "int8")):
+            # checked before loading: a refused combination should not cost a minute of loading first
             raise ConfigError(
-                f"--policy.inference_mode={inference_mode} runs int8 layers, which RTC cannot differentiate "
-                "through: use --policy.inference_mode=bf16 or fp32 with --rtc"
+                f"--rtc.enabled=true: RTC differentiates the policy, so it runs on --policy.backend=torch "
+                f"with --policy.inference_mode fp32 or bf16, not {backend} {inference_mode}"
             )
-        overrides = {"num_steps": num_steps} if num_steps is not None else {}
-        policy = SmolVLAPolicy.from_pretrained(
-            path, device=device, inference_mode=inference_mode, **overrides
+        predictor = load_policy(
+            path, backend, inference_mode, device=device, num_steps=num_steps, threads=threads, log=log.info
         )
-        pre, post = make_pre_post_processors(policy.config, pretrained_path=path, device=device)
-        return cls(policy, pre, post, **kwargs)
-
-    def state_normalization(self) -> dict[str, list[float]] | None:
-        """Per-dimension affine map raw -> normalized state (every norm mode is affine), so a client can
-        compare states on the policy's own scale without the stats files."""
-        if self.spec.state_dim is None:
-            return None
-        n = self.spec.state_dim
-        zero = self.pre.normalizer.normalize({OBS_STATE: torch.zeros(1, n)})[OBS_STATE][0]
-        one = self.pre.normalizer.normalize({OBS_STATE: torch.ones(1, n)})[OBS_STATE][0]
-        return {"offset": zero.tolist(), "scale": (one - zero).tolist()}
+        return cls(predictor, **kwargs)
 
     def metadata(self) -> dict[str, Any]:
-        cfg = self.policy.config
+        p = self.predictor
         return {
             "protocol": "openpi-websocket-msgpack",
             "version": PROTOCOL_VERSION,
             "policy": "smolvla",
-            "chunk_size": cfg.chunk_size,
-            "n_action_steps": cfg.n_action_steps,
-            "action_dim": cfg.action_feature.shape[0],
-            "camera_shapes": {k: list(f.shape) for k, f in cfg.image_features.items()},
+            "backend": p.backend,
+            "precision": p.precision,
+            "chunk_size": p.chunk_size,
+            "n_action_steps": p.n_action_steps,
+            "action_dim": p.action_dim,
+            "camera_shapes": {k: list(v) for k, v in p.cameras.items()},
             "observation": self.spec.to_metadata(),
-            "state_normalization": self.state_normalization(),
+            "state_normalization": p.state_normalization(),
             "rtc": None
             if self.rtc is None
             else {
@@ -164,20 +154,6 @@ class InferenceEngine:
             "simulated_latency_s": self.latency,
         }
 
-    def _batch(self, obs: dict[str, Any]) -> dict[str, Any]:
-        raw: dict[str, Any] = {}
-        for k, v in obs.items():
-            if isinstance(v, np.ndarray) and v.dtype == np.uint8:  # validated as [H, W, 3]
-                raw[k] = torch.from_numpy(v.copy()).permute(2, 0, 1).float() / 255.0
-            elif isinstance(v, np.ndarray) and k != OBS_STATE:  # float [3, H, W]
-                raw[k] = torch.from_numpy(v.astype(np.float32))
-            else:
-                raw[k] = v
-        # The checkpoint's preprocessor and the policy's resize-with-pad, as synchronous inference:
-        # never a squash to the config's stored shape (LeRobot's async path does that, spec §8.6).
-        return self.pre(raw)
-
-    @torch.no_grad()
     def infer(
         self,
         obs: dict[str, Any],
@@ -187,22 +163,23 @@ class InferenceEngine:
         inference_delay: int = 0,
     ) -> np.ndarray:
         """Actions [chunk_size, action_dim] float32 for an observation validated by `self.spec`. With
-        `rtc` (one per connection) the chunk is guided toward that stream's last chunk."""
+        `rtc` (one per connection) the chunk is guided toward that stream's last chunk. The images go
+        through the checkpoint's own preprocessing, as synchronous inference: never a squash to the
+        config's stored shape (LeRobot's async path does that, spec §8.6)."""
         t0 = time.perf_counter()
-        cfg = self.policy.config
-        batch = self._batch(obs)
-        noise = None
-        if seed is not None:
-            g = torch.Generator().manual_seed(seed)
-            noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g).to(self.device)
+        p = self.predictor
+        noise = None if seed is None else p.noise(seed)
         if rtc is not None:
-            chunk = rtc.sample(batch, timestep, inference_delay, noise=noise)
+            import torch
+
+            batch = p.preprocess(obs)
+            t = None if noise is None else torch.from_numpy(noise)
+            actions = p.postprocess(rtc.sample(batch, timestep, inference_delay, noise=t))
         else:
-            chunk = self.policy.predict_action_chunk(batch, noise)
-        actions = self.post(chunk)[0].float().cpu().numpy().astype(np.float32)
+            actions = p.predict_chunk(obs, noise)
         if self.latency:  # stands in for a slower model or device; see `smolvla deploy --latency`
             time.sleep(max(0.0, self.latency - (time.perf_counter() - t0)))
-        return actions
+        return actions.astype(np.float32)
 
 
 @dataclass
@@ -332,7 +309,11 @@ class PolicyServer:
     # -- one connection -----------------------------------------------------------------------------
 
     async def _handler(self, ws: ServerConnection) -> None:
-        rtc = RealTimeChunker(self.engine.policy, self.engine.rtc) if self.engine.rtc is not None else None
+        rtc = None
+        if self.engine.rtc is not None:
+            from smolvla.model.rtc import RealTimeChunker
+
+            rtc = RealTimeChunker(self.engine.predictor.policy, self.engine.rtc)
         conn = _Connection(next(self._ids), str(ws.remote_address), rtc)
         self.stats.connections += 1
         self._open += 1
@@ -546,10 +527,14 @@ class ServerThread:
 class ServePolicyConfig:
     """The served policy and its speed options (`smolvla deploy sim` passes them to its servers)."""
 
-    path: str | None = None  # checkpoint folder or hub repo id
-    device: str = "cpu"  # cpu, cuda, mps
+    path: str | None = None  # checkpoint folder, hub repo id, or an export folder (smolvla export)
+    # torch | onnxruntime | openvino | auto (auto: the fastest measured here, see `smolvla info --speed`);
+    # a checkpoint asked for onnxruntime or openvino is exported once into the cache
+    backend: str = "torch"
+    # cpu, cuda, mps (torch); cpu, cuda, tensorrt (onnxruntime); cpu, gpu, npu (openvino)
+    device: str = "cpu"
     num_steps: int | None = None  # denoising steps (None: the checkpoint's)
-    # fp32 | bf16 | int8 | auto: the policy prepared for fast CPU inference (None: the plain policy)
+    # fp32 | bf16 | int8 | auto: the precision (None: torch's plain policy, fp32 for the exported backends)
     inference_mode: str | None = None
 
 
@@ -577,7 +562,7 @@ class ServeConfig:
     # pad each inference to at least this many seconds: stands in for a slower model or device
     latency: float = 0.0
     rtc: ServeRTCConfig = field(default_factory=ServeRTCConfig)
-    threads: int | None = None  # torch intra-op threads (None: torch's)
+    threads: int | None = None  # intra-op threads of the backend (None: its default)
     log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR (the server's log on stderr)
 
 
@@ -588,8 +573,6 @@ def run_server(cfg: ServeConfig) -> None:
     )
     if not cfg.policy.path:
         raise ConfigError("--policy.path is required: a checkpoint folder or hub repo id")
-    if cfg.rtc.schedule not in SCHEDULES:
-        raise ConfigError(f"--rtc.schedule: got {cfg.rtc.schedule!r}, expected one of {list(SCHEDULES)}")
     api_key = None
     if cfg.api_key_env:
         api_key = os.environ.get(cfg.api_key_env)
@@ -604,12 +587,17 @@ def run_server(cfg: ServeConfig) -> None:
     if cfg.threads is not None:
         if cfg.threads < 1:
             raise ConfigError(f"--threads: got {cfg.threads}, expected a positive integer")
-        torch.set_num_threads(cfg.threads)
-    rtc = (
-        RTCConfig(cfg.rtc.execution_horizon, cfg.rtc.max_guidance_weight, cfg.rtc.schedule)
-        if cfg.rtc.enabled
-        else None
-    )
+        if cfg.policy.backend in ("torch", "auto"):  # the exported backends take it at loading
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+    rtc = None
+    if cfg.rtc.enabled:
+        from smolvla.model.rtc import SCHEDULES, RTCConfig
+
+        if cfg.rtc.schedule not in SCHEDULES:
+            raise ConfigError(f"--rtc.schedule: got {cfg.rtc.schedule!r}, expected one of {list(SCHEDULES)}")
+        rtc = RTCConfig(cfg.rtc.execution_horizon, cfg.rtc.max_guidance_weight, cfg.rtc.schedule)
     # Checked before the policy loads: a bad limit should not cost a minute of loading first.
     server_config = ServerConfig(
         host=cfg.host,
@@ -621,7 +609,14 @@ def run_server(cfg: ServeConfig) -> None:
     )
     p = cfg.policy
     engine = InferenceEngine.load(
-        p.path, p.device, p.num_steps, p.inference_mode, rtc=rtc, latency=cfg.latency
+        p.path,
+        p.device,
+        p.num_steps,
+        p.inference_mode,
+        backend=p.backend,
+        threads=cfg.threads,
+        rtc=rtc,
+        latency=cfg.latency,
     )
     server = PolicyServer(engine, server_config)
 
