@@ -21,6 +21,7 @@ _EXPORTS = {
     "unit_stats": "smolvla.processing",
     "SmolVLAError": "smolvla.errors",
     "Observation": "smolvla.model.vla",
+    "load_policy": "smolvla.runtime.select",
 }
 __all__ = list(_EXPORTS)
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smolvla.flow import euler
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processing import load_tokenizer, make_pre_post_processors, unit_stats
 from smolvla.processing.pipeline import sample_observation
@@ -121,7 +120,7 @@ def test_parity_fixture_through_the_graphs(tmp_path):
             **{f"image_{j}": batch[k][i : i + 1].numpy() for j, k in enumerate(cams)},
         }
         cache = runtime.prefill(feeds)
-        x = euler(ref["in.infer_noise"][i : i + 1].numpy(), 10, lambda x, t: runtime.velocity(x, t, cache))
+        x = runtime.sample(cache, ref["in.infer_noise"][i : i + 1].numpy(), 10)
         lerobot = ref["out.actions"][i].numpy()
         assert np.abs(x[0, :, :6] - lerobot).max() <= 2e-4
         with torch.no_grad():

@@ -94,6 +94,12 @@ def _run_serve(cfg: Any) -> None:
     run_server(cfg)
 
 
+def _run_export(cfg: Any) -> None:
+    from smolvla.runtime.export import run_export
+
+    run_export(cfg)
+
+
 def _run_record(cfg: Any) -> None:
     from smolvla.envs.record import run_record
 
@@ -105,6 +111,7 @@ def commands() -> tuple[Command, ...]:
     from smolvla.apps import bench, bench_data, bench_serving, bench_sim, deploy, quickstart, tools
     from smolvla.envs.record import RecordPipelineConfig
     from smolvla.eval.metaworld import EvalPipelineConfig
+    from smolvla.runtime.export import ExportPipelineConfig
     from smolvla.serving.server import ServeConfig
     from smolvla.train.config import TrainConfig
 
@@ -244,6 +251,12 @@ def commands() -> tuple[Command, ...]:
                 "--api-key-env": "--api_key_env",
                 "--rtc": "--rtc.enabled=true",
             },
+        ),
+        Command(
+            "export",
+            "a checkpoint to ONNX (prefix and step graphs, int8 forms) for ONNX Runtime, OpenVINO, TensorRT",
+            ExportPipelineConfig,
+            _run_export,
         ),
         Command(
             "deploy",

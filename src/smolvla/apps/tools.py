@@ -31,6 +31,10 @@ class InfoConfig:
 
     policy: CheckpointRef = field(default_factory=CheckpointRef)
     json: bool = False  # print JSON instead of the table
+    # also the table --policy.backend=auto chooses from here: s/chunk and action error per backend x
+    # precision (measured once per machine and policy shape, then read from the cache)
+    speed: bool = False
+    refresh: bool = False  # with --speed: measure again instead of reading the cache
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,8 @@ def parameter_report(policy: SmolVLAPolicy) -> dict[str, Any]:
     }
 
 
-def info(path: str, as_json: bool = False) -> dict[str, Any]:
-    """Prints what a checkpoint holds (or its JSON) and returns it."""
+def info(path: str, as_json: bool = False, echo: bool = True) -> dict[str, Any]:
+    """Prints what a checkpoint holds (or its JSON; nothing without `echo`) and returns it."""
     policy = SmolVLAPolicy.from_pretrained(path)
     cfg = policy.config
     dtypes = Counter(str(d).removeprefix("torch.") for d in policy._file_dtypes.values())
@@ -154,8 +158,9 @@ def info(path: str, as_json: bool = False) -> dict[str, Any]:
         "file_dtypes": dict(dtypes),
         "processor_files": processors,
     }
-    if as_json:
-        print(json.dumps(report, indent=2))
+    if as_json or not echo:
+        if echo:
+            print(json.dumps(report, indent=2))
         return report
     print(f"SmolVLA checkpoint {report['checkpoint']}")
     print(
@@ -212,7 +217,68 @@ def demo(policy_path: str | None, preset_name: str, seed: int, device: str) -> t
 
 
 def run_info(cfg: InfoConfig) -> None:
-    info(_required(cfg.policy.path, "policy.path", "a checkpoint folder or hub repo id"), cfg.json)
+    from smolvla.runtime.select import is_export
+
+    path = _required(cfg.policy.path, "policy.path", "a checkpoint folder, hub repo id or export folder")
+    # with --json and --speed, one JSON document holds both
+    echo = not (cfg.json and cfg.speed)
+    report = (export_info if is_export(path) else info)(path, cfg.json, echo)
+    if cfg.speed:
+        table = speed_table(path, cfg.refresh, quiet=cfg.json)
+        if cfg.json:
+            print(json.dumps({**report, "speed": table}, indent=2))
+
+
+def export_info(path: str, as_json: bool = False, echo: bool = True) -> dict[str, Any]:
+    """What an export folder holds: cameras, graphs, sizes, its check against PyTorch."""
+    from smolvla.runtime.exported import ExportedPolicy
+
+    meta = ExportedPolicy.read_metadata(path)
+    if as_json or not echo:
+        if echo:
+            print(json.dumps(meta, indent=2))
+        return meta
+    print(f"SmolVLA export {path} (ONNX opset {meta['opset']}, batch {meta['batch_size']})")
+    for k, shape in meta["cameras"].items():
+        print(f"  camera        {k} {shape}")
+    print(f"  state         [{meta['state_dim']}]   action [{meta['action_dim']}]")
+    print(
+        f"  chunk         {meta['chunk_size']} actions, {meta['n_action_steps']} executed per call, "
+        f"{meta['num_steps']} denoising steps, {meta['language']['max_length']} language tokens"
+    )
+    for form, graphs in meta["graphs"].items():
+        size = sum(
+            n
+            for f, n in meta["files"].items()
+            if f.rsplit(".", 1)[0] in {g.rsplit(".", 1)[0] for g in graphs.values()} | set(graphs.values())
+        )
+        print(f"  {form:<13} {', '.join(graphs.values())} ({size / 2**30:.2f} GB)")
+    for name, r in (meta.get("check") or {}).get("results", {}).items():
+        print(f"  check         {name}: max |error| {r['max_abs']:.2e}, mean {r['mean_abs']:.2e}")
+    return meta
+
+
+def speed_table(path: str, refresh: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Prints the table `--policy.backend=auto` chooses from (measuring it if this machine has not)."""
+    from smolvla.runtime.select import measure
+
+    table = measure(path, "auto", "auto", refresh=refresh, log=(lambda _: None) if quiet else print)
+    if quiet:
+        return table
+    m = table["machine"]
+    print(
+        f"\nspeed here: {m['cpu']} ({' '.join(m['flags'])}), {m['threads']} threads; measured "
+        f"{table['measured_at']}; bound: mean |error| <= {table['max_error']} vs {table['reference']}"
+    )
+    print(f"  {'backend':<12} {'precision':<9} {'s/chunk':>8} {'error mean':>11} {'error max':>10}")
+    for r in table["rows"]:
+        mark = "  <- auto" if (r["backend"], r["precision"]) == tuple(table["choice"].values()) else ""
+        bound = "" if r["within_bound"] else "  (over the bound)"
+        print(
+            f"  {r['backend']:<12} {r['precision']:<9} {r['s_per_chunk']:>8.3f} {r['error_mean']:>11.2e} "
+            f"{r['error_max']:>10.2e}{mark}{bound}"
+        )
+    return table
 
 
 def run_demo(cfg: DemoConfig) -> None:

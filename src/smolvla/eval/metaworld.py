@@ -104,7 +104,8 @@ class EvalConfig:
     videos: bool = True  # one MP4 per task, of its first episode
     device: str = "cpu"
     policy_type: str = "smolvla"
-    inference_mode: str | None = None  # smolvla.model.inference: fp32 | bf16 | int8 | auto (None: as loaded)
+    inference_mode: str | None = None  # fp32 | bf16 | int8 | auto (None: torch's plain policy, else fp32)
+    backend: str = "torch"  # torch | onnxruntime | openvino | auto (smolvla.runtime.load_policy)
 
     def __post_init__(self) -> None:
         tasks = self.tasks
@@ -128,10 +129,9 @@ class EvalConfig:
                 f"policy_path: got {self.policy_path!r} with policy_type='expert', expected None "
                 "(the scripted expert has no checkpoint)"
             )
-        if self.inference_mode is not None:
-            from smolvla.model.inference import resolve_mode
+        from smolvla.runtime.select import check_choice
 
-            resolve_mode(self.inference_mode)  # raises, naming the mode and the choices
+        check_choice(self.backend, self.inference_mode)  # raises, naming the flag and the choices
         _positive("n_episodes", self.n_episodes)
         _positive("max_episode_steps", self.max_episode_steps)
         _positive("workers", self.workers)
@@ -165,6 +165,7 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
         "max_episode_steps": cfg.max_episode_steps,
         "device": cfg.device,
         "inference_mode": cfg.inference_mode,
+        "backend": cfg.backend,
     }
     if cfg.policy_type == "expert":
         return {**spec, "image_size": cfg.image_size or EXPERT_IMAGE_SIZE}
@@ -218,8 +219,27 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
                 "images; pass image_size (--env.image_size=N)"
             )
         image_size = h
+    backend, mode = cfg.backend, cfg.inference_mode
+    if backend == "auto" or mode == "auto":  # measured here once, so every worker runs the same choice
+        from smolvla.runtime.select import measure
+
+        choice = measure(folder, backend, mode)["choice"]
+        backend, mode = choice["backend"], choice["precision"]
+    load_path = str(folder)
+    if backend != "torch":
+        if len(cams) > 1:
+            raise EvalError(
+                f"--policy.backend={backend}: the export would take every camera {cams}, and Meta-World "
+                f"gives one; export with `smolvla export --cameras {camera}` and evaluate that folder"
+            )
+        from smolvla.runtime.select import ensure_export
+
+        load_path = str(ensure_export(folder))  # once, here: the workers load what it wrote
     return {
         **spec,
+        "backend": backend,
+        "inference_mode": mode,
+        "load_path": load_path,
         "path": str(folder),
         "camera": camera,
         "image_size": image_size,
@@ -239,37 +259,31 @@ class Actor(Protocol):
 
 
 class PolicyActor:
-    """A SmolVLA checkpoint with its processors, driven as a user drives it."""
+    """A SmolVLA policy (`smolvla.runtime.Predictor`: torch with its processors, or an export on ONNX
+    Runtime / OpenVINO), driven as a user drives it."""
 
-    def __init__(self, policy: Any, pre: Any, post: Any, camera: str) -> None:
-        self.policy, self.pre, self.post, self.camera = policy, pre, post, camera
+    def __init__(self, predictor: Any, camera: str) -> None:
+        self.predictor, self.camera = predictor, camera
 
     @classmethod
     def load(cls, spec: dict[str, Any]) -> PolicyActor:
-        from smolvla.policy import SmolVLAPolicy
-        from smolvla.processing import make_pre_post_processors
+        from smolvla.runtime.select import load_policy
 
-        policy = SmolVLAPolicy.from_pretrained(
-            spec["path"],
+        predictor = load_policy(
+            spec.get("load_path", spec["path"]),
+            spec.get("backend", "torch"),
+            spec.get("inference_mode"),
             device=spec["device"],
-            inference_mode=spec.get("inference_mode"),
             **spec["overrides"],
         )
-        pre, post = make_pre_post_processors(
-            policy.config, pretrained_path=spec["path"], device=spec["device"]
-        )
-        return cls(policy, pre, post, spec["camera"])
+        return cls(predictor, spec["camera"])
 
     def reset(self, seed: int) -> None:
-        import torch
-
-        torch.manual_seed(seed)  # the flow-matching noise: episodes replay exactly
-        self.policy.reset()
+        self.predictor.reset(seed)  # the flow-matching noise comes from the seed: episodes replay exactly
 
     def __call__(self, env: MetaWorldEnv, obs: dict[str, np.ndarray]) -> np.ndarray:
         observation = {self.camera: obs[CAMERA], OBS_STATE: obs[STATE], TASK: env.task}
-        action = self.post(self.policy.select_action(self.pre(observation)))
-        return action[0].float().numpy()
+        return self.predictor.select_action(observation)
 
 
 class ExpertActor:
@@ -542,7 +556,7 @@ def build_report(
     all_eps = [e for per_task in results.values() for e in per_task.values()]
     steps = sum(e["steps"] for e in all_eps)
     act_seconds = sum(e["act_seconds"] for e in all_eps)
-    keys = ("path", "camera", "n_action_steps", "num_steps", "chunk_size", "inference_mode")
+    keys = ("path", "camera", "n_action_steps", "num_steps", "chunk_size", "backend", "inference_mode")
     policy = {k: spec[k] for k in keys if k in spec}
     return {
         "benchmark": "metaworld",
@@ -632,7 +646,10 @@ class EvalPolicyConfig:
     device: str = "cpu"  # cpu, cuda, mps
     n_action_steps: int | None = None  # actions executed per predicted chunk (None: the checkpoint's)
     num_steps: int | None = None  # denoising steps (None: the checkpoint's)
-    inference_mode: str | None = None  # fp32 | bf16 | int8 | auto: prepared for fast inference (None: none)
+    # torch | onnxruntime | openvino | auto (the fastest measured here, see `smolvla info --speed`)
+    backend: str = "torch"
+    # fp32 | bf16 | int8 | auto (None: torch's plain policy, fp32 for the exported backends)
+    inference_mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -689,6 +706,7 @@ class EvalPipelineConfig:
             device=self.policy.device,
             policy_type=self.policy.type,
             inference_mode=self.policy.inference_mode,
+            backend=self.policy.backend,
         )
 
 

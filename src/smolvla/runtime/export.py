@@ -22,6 +22,7 @@ import platform
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +382,48 @@ def export_checkpoint(path: str | Path, output_dir: str | Path, **kw: Any) -> di
     policy = SmolVLAPolicy.from_pretrained(path)
     pre, post = make_pre_post_processors(policy.config, pretrained_path=path)
     return export_policy(policy, pre, post, output_dir, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass(frozen=True)
+class ExportPolicyRef:
+    path: str | None = None  # checkpoint folder or hub repo id (with its processor files)
+
+
+@dataclass(frozen=True)
+class ExportPipelineConfig:
+    """Export a policy to ONNX (prefix and step graphs) for ONNX Runtime, OpenVINO and TensorRT."""
+
+    policy: ExportPolicyRef = field(default_factory=ExportPolicyRef)
+    output_dir: str | None = None  # the export folder to write (new or empty)
+    # the cameras the robot feeds, space-separated (None: all the policy's); fewer only where the
+    # config's empty_cameras allows
+    cameras: list[str] | None = None
+    # also write int8 forms: ONNX Runtime's dynamic quantization, OpenVINO's int8 weights (needs nncf)
+    int8: bool = True
+    # run each backend beside PyTorch on a sample observation: fp32 within 1e-4, int8 errors recorded
+    check: bool = True
+
+
+def run_export(cfg: ExportPipelineConfig) -> None:
+    """`smolvla export`: writes the export folder and prints a summary line per file group."""
+    from smolvla.processing import make_pre_post_processors
+
+    if not cfg.policy.path:
+        raise ConfigError("--policy.path is required: the checkpoint folder or hub repo id to export")
+    if not cfg.output_dir:
+        raise ConfigError("--output_dir is required: the export folder to write")
+    t0 = time.perf_counter()
+    policy = SmolVLAPolicy.from_pretrained(cfg.policy.path)
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=cfg.policy.path)
+    meta = export_policy(
+        policy, pre, post, cfg.output_dir, cameras=cfg.cameras, int8=cfg.int8, check=cfg.check
+    )
+    total = sum(meta["files"].values())
+    print(
+        f"wrote {cfg.output_dir}: {len(meta['files'])} files, {total / 2**30:.2f} GB, forms "
+        f"{sorted(meta['graphs'])}, in {time.perf_counter() - t0:.0f} s"
+    )

@@ -136,6 +136,7 @@ class ExportedPolicy:
         device: str = "cpu",
         threads: int | None = None,
         num_steps: int | None = None,
+        n_action_steps: int | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.meta = self.read_metadata(self.folder)
@@ -153,14 +154,16 @@ class ExportedPolicy:
                 + ("; export with --int8=true" if precision == "int8" else "")
                 + ")"
             )
-        if num_steps is not None and (
-            isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1
+        for name, v, hi in (
+            ("num_steps", num_steps, 10**6),
+            ("n_action_steps", n_action_steps, self.meta["chunk_size"]),
         ):
-            raise ExportedPolicyError(f"num_steps: got {num_steps!r}, expected a positive integer")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi):
+                raise ExportedPolicyError(f"{name}: got {v!r}, expected an integer in [1, {hi}]")
         self.backend, self.precision, self.device = backend, precision, device
         m = self.meta
         self.num_steps = num_steps or m["num_steps"]
-        self.chunk_size, self.n_action_steps = m["chunk_size"], m["n_action_steps"]
+        self.chunk_size, self.n_action_steps = m["chunk_size"], n_action_steps or m["n_action_steps"]
         self.action_dim, self.state_dim = m["action_dim"], m["state_dim"]
         self.cameras: dict[str, tuple[int, ...]] = {k: tuple(v) for k, v in m["cameras"].items()}
         self.empty_cameras = 0  # the export's camera set is fixed; cameras it leaves out are filled inside
@@ -338,9 +341,12 @@ class ExportedPolicy:
         x = self.predict_normalized(observation, noise, num_steps).astype(np.float64)
         return (x * scale + offset).astype(np.float32)
 
-    def reset(self) -> None:
-        """Empties the action queue: call at the start of each episode."""
+    def reset(self, seed: int | None = None) -> None:
+        """Empties the action queue: call at the start of each episode. `seed`: the noise of the
+        chunks that follow is drawn from it (episodes replay exactly)."""
         self._queue.clear()
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
 
     def select_action(self, observation: dict[str, Any]) -> np.ndarray:
         """One robot action (action_dim,); a new chunk every n_action_steps calls."""
