@@ -132,3 +132,26 @@ def test_a_child_case_runs_from_its_json_spec(tmp_path):
     assert (tmp_path / "ck" / "model.safetensors").is_file()
     bad = bench._child("nonsense")
     assert bad["rc"] != 0 and "case: got 'nonsense'" in bad["error"]
+
+
+def test_exported_backends_run_the_torch_cases_inputs():
+    """`--backend onnxruntime openvino`: the export as load_policy makes it, then each backend x mode
+    on the torch cases' own inputs and noise, so fp32 agrees with torch fp32 to float rounding."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    argv = ["bench", "inference", "--policy.preset=micro", "--cams", "1", "--mode", "fp32", "int8"]
+    argv += ["--backend", "torch", "onnxruntime", "openvino", "--runs=1", "--matmul=false", "--lang=7"]
+    cfg = parse(argv)[1]
+    recs = bench.run_inference(cfg, None)
+    export = next(r for r in recs if r["case"] == "export")
+    assert export["size_gb"]["fp32"] > 0 and export["check"]["onnxruntime/fp32"]["max_abs"] <= 1e-4
+    rows = {(r.get("backend", "torch"), r["mode"]): r for r in recs if r["case"] == "inference"}
+    assert set(rows) == {(b, m) for b in ("torch", "onnxruntime", "openvino") for m in ("fp32", "int8")}
+    for backend in ("onnxruntime", "openvino"):
+        assert rows[backend, "fp32"]["action_err_vs_fp32_max"] <= 1e-4
+        assert 0 < rows[backend, "int8"]["action_err_vs_fp32_mean"] < 0.2
+        assert (
+            rows[backend, "fp32"]["s_per_chunk_median"] > 0 and rows[backend, "fp32"]["peak_rss_runs_gb"] > 0
+        )
+    with pytest.raises(bench.BenchError, match=r"--backend: got 'tensorrt', expected some of"):
+        bench.run_inference(parse(["bench", "inference", "--backend", "tensorrt"])[1], None)

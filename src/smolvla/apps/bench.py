@@ -300,6 +300,60 @@ def inference_case(
     }
 
 
+def _vision_times(policy: Any, runs: int) -> dict[str, float]:
+    vlm = policy.model.vlm_with_expert.vlm
+    obs = policy.prepare_observation(_batch(policy, 1, 48))
+    img = obs.images[0]
+    spent = [0.0]
+
+    def start(*_: Any) -> None:
+        spent[0] -= time.perf_counter()
+
+    def stop(*_: Any) -> None:
+        spent[0] += time.perf_counter()
+
+    def timed(fn: Any) -> list[float]:
+        fn()
+        xs = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            xs.append(time.perf_counter() - t0)
+        return xs
+
+    with torch.no_grad():
+        tower = timed(lambda: vlm.model.vision_model(img))
+        embed = timed(lambda: vlm.embed_image(img))
+        for part in (vlm.model.vision_model, vlm.model.connector):
+            part.register_forward_pre_hook(start)
+            part.register_forward_hook(stop)
+        policy.model.prefill(obs)
+        stage = []
+        for _ in range(runs):
+            spent[0] = 0.0
+            policy.model.prefill(obs)
+            stage.append(spent[0] / len(obs.images))
+    return {
+        "tower_s_median": median(tower),
+        "tower_connector_s_median": median(embed),
+        "stage_in_prefill_per_image_s_median": median(stage),
+    }
+
+
+def vision_case(preset_name: str, checkpoint: Path, runs: int, threads: int) -> dict[str, Any]:
+    """Where the vision stage's time goes, in one process: the SigLIP tower alone, the tower and
+    connector (`embed_image`), and the stage as `prefill` runs it (per image), plain and fp32-prepared."""
+    from smolvla.policy import SmolVLAPolicy
+
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {"case": "vision", "preset": preset_name, "threads": threads, "runs": runs}
+    out["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    out["plain"] = _vision_times(SmolVLAPolicy.from_pretrained(checkpoint), runs)
+    out["fp32"] = _vision_times(SmolVLAPolicy.from_pretrained(checkpoint, inference_mode="fp32"), runs)
+    out["torch"] = torch.__version__
+    return out
+
+
 def train_case(
     preset_name: str, checkpoint: Path, batch_size: int, runs: int, threads: int, lang: int, precision: str
 ) -> dict[str, Any]:
@@ -720,6 +774,15 @@ class BenchTrainConfig(BenchCommonConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class BenchVisionConfig:
+    """Where the vision stage's time goes: the SigLIP tower alone, with its connector, inside prefill."""
+
+    policy: BenchTrainPolicyConfig = dataclasses.field(default_factory=BenchTrainPolicyConfig)
+    threads: int = dataclasses.field(default_factory=_default_threads)  # intra-op threads (all cores)
+    runs: int = 5  # timed runs after the warm-up (median reported)
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchAllConfig(BenchCommonConfig):
     """Every figure of the README's Speed table."""
 
@@ -729,6 +792,7 @@ CASES = (
     ("matmul", "GEMM peak per dtype", BenchMatmulConfig),
     ("inference", "seconds per action chunk, per mode", BenchInferenceConfig),
     ("train", "seconds per training step", BenchTrainConfig),
+    ("vision", "the vision stage: tower alone, with connector, inside prefill", BenchVisionConfig),
     ("all", "every figure of the README's Speed table", BenchAllConfig),
 )
 
@@ -740,7 +804,11 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
         return matmul_peak(spec["threads"])
     if case == "checkpoint":
         write_checkpoint(
-            spec["preset"], spec["cams"], Path(spec["out"]), image_size=spec["image_size"], lang=spec["lang"]
+            spec["preset"],
+            spec["cams"],
+            Path(spec["out"]),
+            image_size=spec["image_size"],
+            lang=spec.get("lang"),
         )
         return {"case": "checkpoint", "path": spec["out"]}
     if case == "inference":
@@ -748,13 +816,28 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
         return inference_case(**spec)
     if case == "train":
         return train_case(**{**spec, "checkpoint": Path(spec["checkpoint"])})
-    raise BenchError(f"case: got {case!r}, expected matmul, checkpoint, inference or train")
+    if case == "vision":
+        return vision_case(**{**spec, "checkpoint": Path(spec["checkpoint"])})
+    raise BenchError(f"case: got {case!r}, expected matmul, checkpoint, inference, train or vision")
 
 
 def run_command(cfg: Any) -> None:
     """`smolvla bench <case>`: one JSON line per measurement."""
     if isinstance(cfg, BenchMatmulConfig):
         run_matmul(cfg.threads)
+        return
+    if isinstance(cfg, BenchVisionConfig):
+        with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
+            ckpt = _random_checkpoint(Path(tmp) / "ckpt", cfg.policy.preset, 2, None)
+            _emit(
+                _child(
+                    "vision",
+                    preset_name=cfg.policy.preset,
+                    checkpoint=str(ckpt),
+                    runs=cfg.runs,
+                    threads=cfg.threads,
+                )
+            )
         return
     _check_compare(cfg.compare, Path(cfg.lerobot_script))
     peak = run_matmul(cfg.threads) if cfg.matmul else None
