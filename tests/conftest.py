@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,17 @@ from smolvla.policy import SmolVLAPolicy
 from smolvla.processing import make_pre_post_processors, unit_stats
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def keep_sigchld_handler() -> Iterator[None]:
+    """torch's DataLoader installs a SIGCHLD handler for its workers and never removes it. Left in
+    place after a data test, that handler crashed this interpreter (a segfault in the eval loop) when a
+    later test's subprocess exited after an in-process ONNX export with OpenVINO: each test gets back
+    the handler it started with."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    signal.signal(signal.SIGCHLD, before)
 
 
 def shared_dir() -> Path:

@@ -144,7 +144,7 @@ def test_exported_backends_run_the_torch_cases_inputs():
     cfg = parse(argv)[1]
     recs = bench.run_inference(cfg, None)
     export = next(r for r in recs if r["case"] == "export")
-    assert export["size_gb"]["fp32"] > 0 and export["check"]["onnxruntime/fp32"]["max_abs"] <= 1e-4
+    assert export["size_mb"]["fp32"] > 0 and export["check"]["onnxruntime/fp32"]["max_abs"] <= 1e-4
     rows = {(r.get("backend", "torch"), r["mode"]): r for r in recs if r["case"] == "inference"}
     assert set(rows) == {(b, m) for b in ("torch", "onnxruntime", "openvino") for m in ("fp32", "int8")}
     for backend in ("onnxruntime", "openvino"):

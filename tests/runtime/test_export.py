@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processing import load_tokenizer, make_pre_post_processors, unit_stats
 from smolvla.processing.pipeline import sample_observation
-from smolvla.runtime.export import ExportError, check_export, export_checkpoint, export_policy
+from smolvla.runtime.export import ExportError, check_export, export_policy
 from smolvla.runtime.exported import EXPORT_FILE, ExportedPolicy, ExportedPolicyError
 from smolvla.runtime.select import TorchPredictor
 from tests.conftest import require_shared, save_checkpoint
@@ -36,7 +36,10 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     """The tiny preset exported with every form this machine's packages allow (as a user runs it)."""
     ckpt = save_checkpoint("tiny", tmp_path_factory.mktemp("tiny_ckpt"))
     out = tmp_path_factory.mktemp("tiny_export") / "export"
-    export_checkpoint(ckpt, out, log=lambda _: None)
+    # The command a user runs, in its own process (as a user runs it)
+    cmd = [sys.executable, "-m", "smolvla.apps.cli", "export", f"--policy.path={ckpt}", f"--output_dir={out}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     return ckpt, out
 
 

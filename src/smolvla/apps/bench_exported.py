@@ -35,13 +35,13 @@ def export_case(checkpoint: str) -> dict[str, Any]:
         # a graph's files: prefix.onnx + prefix.onnx.data, openvino/prefix.int8.xml + .bin
         mine = {g.rsplit(".", 1)[0] for g in graphs.values()} | set(graphs.values())
         n = sum(size for f, size in meta["files"].items() if f.rsplit(".", 1)[0] in mine)
-        sizes[form] = round(n / 2**30, 3)
+        sizes[form] = round(n / 2**20, 1)
     return {
         "case": "export",
         "path": str(folder),
         "total_s": round(total, 1),
         "export_s": meta.get("export_seconds"),
-        "size_gb": sizes,
+        "size_mb": sizes,
         "check": meta.get("check", {}).get("results"),
         **peaks(),
     }
