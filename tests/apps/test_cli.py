@@ -71,8 +71,8 @@ def test_old_positional_spelling_still_works(tmp_path, capsys):
         (
             ["bench", "inferense"],
             "smolvla bench: error: unknown subcommand 'inferense' (did you mean inference?); "
-            "expected one of ['matmul', 'inference', 'train', 'vision', 'all', 'data_loader', 'metaworld_fps', "
-            "'serving_load']",
+            "expected one of ['matmul', 'inference', 'train', 'vision', 'all', 'data_loader', "
+            "'metaworld_fps', 'serving_load']",
         ),
         (["demo", "--seed=x"], "smolvla demo: error: `seed`: Couldn't parse 'x' into an int"),
     ],

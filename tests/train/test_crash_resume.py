@@ -4,6 +4,7 @@ no dead end, nothing a person would want is lost, the resumed run equals one nev
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -131,6 +132,9 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_killed_before_its_first_checkpoint_a_rerun_starts_over(
     dataset, straight, tmp_path, where, at, caplog
 ):
+    # the warning is asserted below: its logger and pytest's capture handler both at WARNING, whatever
+    # level an earlier test's library left the capture at
+    caplog.set_level(logging.WARNING, logger="smolvla.train")
     out = tmp_path / "run"
     killed(dataset, out, where, at)
     assert not (out / "checkpoints" / "last").exists() and (out / "metrics.jsonl").is_file()

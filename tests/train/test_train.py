@@ -276,7 +276,7 @@ def test_bf16_fine_tuning_under_ddp_keeps_the_frozen_weights_exactly(dataset, tm
     are stored in bf16 during training (mixed dtypes under DDP) and come out bit-identical."""
     from smolvla.apps.bench import write_checkpoint
 
-    write_checkpoint("micro", None, tmp_path / "base")
+    write_checkpoint("micro", None, tmp_path / "base", processors=False)  # the dataset's stats are used
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518"]
     cmd += ["-m", "smolvla.apps.cli", "train", f"--dataset.repo_id={dataset}", f"--output_dir={out}"]

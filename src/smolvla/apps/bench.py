@@ -150,10 +150,11 @@ def write_checkpoint(
     seed: int = 0,
     image_size: int | None = None,
     lang: int | None = None,
+    processors: bool = True,
 ) -> None:
     """A random-weight checkpoint in LeRobot's layout (as smolvla_base): bf16 backbone and expert,
-    fp32 projections; with processors (unit stats), so that it loads as a user's checkpoint does
-    (`smolvla.runtime.load_policy`, `smolvla export`)."""
+    fp32 projections; with processors (unit stats; `processors`), so that it loads as a user's
+    checkpoint does (`smolvla.runtime.load_policy`, `smolvla export`)."""
     from smolvla.policy import SmolVLAPolicy
     from smolvla.processing import load_tokenizer, make_pre_post_processors, unit_stats
 
@@ -166,6 +167,8 @@ def write_checkpoint(
         for k in policy.state_dict()
     }
     policy.save_pretrained(folder)
+    if not processors:
+        return
     # SmolVLM2's tokenizer is not on this machine: the built-in byte tokenizer stands in (its ids fit
     # every backbone's vocabulary; speed depends on the token count, tokenizer_max_length, alone).
     name = "smolvla/tiny-backbone"

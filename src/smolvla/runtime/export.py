@@ -196,13 +196,21 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
         )
 
 
+class _DropQuantizerAdvice(logging.Filter):
+    """ONNX Runtime's quantizer warns on the root logger that shape inference could run first; the
+    export runs it on graphs whose shapes are all static, so the advice does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """ONNX Runtime's quantizer warns on the root logger and NNCF prints tables and progress bars: the
-    export prints its own progress instead."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """NNCF prints tables and ONNX Runtime's quantizer its advice: the export prints its own progress."""
+    drop = _DropQuantizerAdvice()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(drop)
     try:
         if importlib.util.find_spec("nncf") is not None:
             import nncf
@@ -210,7 +218,8 @@ def _quiet() -> Iterator[None]:
             nncf.set_log_level(logging.ERROR)
         yield
     finally:
-        root.setLevel(level)
+        for h in handlers:
+            h.removeFilter(drop)
 
 
 def _quantize_ort(src: Path, dst: Path) -> None:
