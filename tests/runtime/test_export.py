@@ -194,6 +194,9 @@ def test_bad_choices_are_named(tiny, tmp_path):
     (tmp_path / EXPORT_FILE).write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ExportedPolicyError, match=r"version 99, expected 'smolvla-onnx' version 1"):
         ExportedPolicy(tmp_path)
+    (tmp_path / EXPORT_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != "graphs"}))
+    with pytest.raises(ExportedPolicyError, match=r"missing \['graphs'\]; re-export"):
+        ExportedPolicy(tmp_path)
     with pytest.raises(Exception, match=r"not an export"):
         ExportedPolicy(tmp_path / "nothing")
 

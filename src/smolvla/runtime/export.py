@@ -274,6 +274,8 @@ def export_policy(
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
         raise ConfigError(f"--output_dir: {out} exists and is not an export; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
+    # the graphs are fp32 (the int8 and bf16 forms are made from them): a policy set to bf16 is
+    # converted back, in place
     policy = policy.eval().float() if policy.inference_mode is None else policy.eval()
     cfg = policy.config
     cams = camera_set(policy, cameras)

@@ -36,6 +36,19 @@ FORMAT_VERSION = 1
 OPSET = 18
 BACKENDS = ("onnxruntime", "openvino")
 OBS_STATE = "observation.state"
+REQUIRED_KEYS = (
+    "cameras",
+    "state_dim",
+    "action_dim",
+    "max_action_dim",
+    "chunk_size",
+    "n_action_steps",
+    "num_steps",
+    "kv_layers",
+    "language",
+    "normalization",
+    "graphs",
+)
 
 
 class ExportedPolicyError(SmolVLAError, ValueError):
@@ -211,6 +224,9 @@ class ExportedPolicy:
                 f"{file}: format {meta.get('format')!r} version {meta.get('format_version')!r}, expected "
                 f"{FORMAT!r} version {FORMAT_VERSION}; re-export with this smolvla"
             )
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise ExportedPolicyError(f"{file}: missing {missing}; re-export with `smolvla export`")
         return meta
 
     @staticmethod
