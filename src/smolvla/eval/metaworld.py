@@ -229,8 +229,9 @@ def _policy_spec(cfg: EvalConfig) -> dict[str, Any]:
     if backend != "torch":
         if len(cams) > 1:
             raise EvalError(
-                f"--policy.backend={backend}: the export would take every camera {cams}, and Meta-World "
-                f"gives one; export with `smolvla export --cameras {camera}` and evaluate that folder"
+                f"--policy.backend={backend}: an export takes a fixed camera set, here every camera of "
+                f"{cams}, and Meta-World gives one ({camera!r}, the others empty); evaluate this policy "
+                "with --policy.backend=torch"
             )
         from smolvla.runtime.select import ensure_export
 
