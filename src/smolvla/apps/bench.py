@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from smolvla.apps.bench_measure import median, peaks, reset_peak_rss
+from smolvla.apps.bench_measure import median, peaks, reset_peak_rss, timed_runs
 from smolvla.errors import SmolVLAError
 
 INFER_MODES = ("reference", "fp32", "bf16", "int8")
@@ -256,14 +256,7 @@ def inference_case(
         x = model.sample_actions(obs, noise=noise, num_steps=steps, cache=cache)  # the Euler loop alone
         return x, vision[0], t1 - t0 - vision[0], time.perf_counter() - t1
 
-    chunk()  # warm-up
-    reset_peak_rss()
-    samples, cpu = [], []
-    for _ in range(runs):
-        c0 = time.process_time()
-        samples.append(chunk())
-        cpu.append(time.process_time() - c0)
-    rss = peaks()
+    samples, cpu, rss = timed_runs(chunk, runs)
     actions = samples[-1][0][:, :, : cfg.action_feature.shape[0]]
     # the stages are exactly predict_action_chunk's: check it gives the same actions
     same = torch.equal(actions, policy.predict_action_chunk(batch, noise=noise.clone(), num_steps=steps))

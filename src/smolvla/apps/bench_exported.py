@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from smolvla.apps.bench_measure import median, peaks, reset_peak_rss
+from smolvla.apps.bench_measure import median, peaks, timed_runs
 
 
 def export_case(checkpoint: str) -> dict[str, Any]:
@@ -74,14 +74,7 @@ def exported_case(
         a = policy.sample(cache, x["noise"], steps)
         return a, t1 - t0, time.perf_counter() - t1
 
-    chunk()  # warm-up
-    reset_peak_rss()
-    samples, cpu = [], []
-    for _ in range(runs):
-        c0 = time.process_time()
-        samples.append(chunk())
-        cpu.append(time.process_time() - c0)
-    rss = peaks()
+    samples, cpu, rss = timed_runs(chunk, runs)
     actions = samples[-1][0][:, :, : policy.action_dim].astype(np.float32)
     save_file({"actions": np.ascontiguousarray(actions)}, actions_out)
     totals = [a + b for _, a, b in samples]

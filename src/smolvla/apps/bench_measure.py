@@ -7,7 +7,10 @@ import contextlib
 import gc
 import resource
 import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def status_kb(field: str) -> int:
@@ -34,3 +37,16 @@ def peaks() -> dict[str, float]:
 
 def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 4)
+
+
+def timed_runs(run: Callable[[], Any], runs: int) -> tuple[list[Any], list[float], dict[str, float]]:
+    """One warm-up call of `run`, then `runs` timed ones: their results, the CPU seconds of each, and
+    the peak RSS figures with the counter restarted after the warm-up."""
+    run()
+    reset_peak_rss()
+    results, cpu = [], []
+    for _ in range(runs):
+        c0 = time.process_time()
+        results.append(run())
+        cpu.append(time.process_time() - c0)
+    return results, cpu, peaks()

@@ -273,7 +273,7 @@ def commands() -> tuple[Command, ...]:
         ),
         Command(
             "info",
-            "describe a checkpoint: features, cameras, parameters, dtypes",
+            "describe a checkpoint or an export; --speed=true: what auto picks here",
             tools.InfoConfig,
             tools.run_info,
             renames={"--json": "--json=true"},

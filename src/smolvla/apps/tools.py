@@ -22,12 +22,12 @@ from smolvla.processing import sample_observation, unit_stats
 
 @dataclass(frozen=True)
 class CheckpointRef:
-    path: str | None = None  # a checkpoint folder or a hub repo id
+    path: str | None = None  # a checkpoint folder, a hub repo id, or an export folder (info only)
 
 
 @dataclass(frozen=True)
 class InfoConfig:
-    """Describe a checkpoint: features, cameras, parameters, dtypes."""
+    """Describe a checkpoint (features, cameras, parameters, dtypes) or an export (graphs, sizes, check)."""
 
     policy: CheckpointRef = field(default_factory=CheckpointRef)
     json: bool = False  # print JSON instead of the table

@@ -121,21 +121,11 @@ class LanguageTokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def __call__(
-        self,
-        tasks: list[str] | str,
-        max_length: int,
-        padding: str = "longest",
-        *,
-        truncation: bool = True,
-        padding_side: str = "right",
-    ) -> tuple[Any, Any]:
-        """(tokens int64 [B, L], attention_mask bool [B, L]) torch tensors for `task + "\\n"` of each task."""
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """`encode(...)` as torch tensors: (tokens int64 [B, L], attention_mask bool [B, L])."""
         import torch  # imported here: the exported runtime tokenizes with `encode`, without torch
 
-        tokens, mask = self.encode(
-            tasks, max_length, padding, truncation=truncation, padding_side=padding_side
-        )
+        tokens, mask = self.encode(*args, **kwargs)
         return torch.from_numpy(tokens), torch.from_numpy(mask)
 
     def encode(

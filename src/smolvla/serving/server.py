@@ -427,9 +427,9 @@ class PolicyServer:
         self._stop = asyncio.Event()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                # no signal handlers on Windows' event loop (NotImplementedError) nor outside the main
-                # thread (RuntimeError / ValueError: tests and embedders run the server in a thread);
-                # there `stop()` is the way to shut down
+                # Windows' event loop has no signal handlers (NotImplementedError), and only the main
+                # thread may add them (RuntimeError / ValueError: tests and embedders run the server
+                # in a thread). There, `stop()` shuts the server down.
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     self._loop.add_signal_handler(sig, self._stop.set)
         c = self.config
