@@ -16,8 +16,11 @@ import torch
 from torch import nn
 
 from smolvla.checkpoint import (
+    ADAPTER_CONFIG,
     CONFIG_FILE,
     MODEL_FILE,
+    CheckpointError,
+    adapter_base,
     backbone_weight_files,
     bundle_backbone_files,
     is_portable_name,
@@ -38,7 +41,8 @@ from smolvla.config import (
 )
 from smolvla.errors import SmolVLAError
 from smolvla.hub import resolve_dir
-from smolvla.io import write_json
+from smolvla.io import read_json_object, write_json
+from smolvla.model import lora
 from smolvla.model.vla import Guidance, Observation, VLAFlowMatching
 from smolvla.processing.images import resize_with_pad
 
@@ -98,6 +102,11 @@ class SmolVLAPolicy(nn.Module):
             vwe.forward = torch.compile(vwe.forward, mode=config.compile_mode)
         self._file_dtypes: dict[str, torch.dtype] = {}
         self.pretrained_path: Path | None = None
+        # A LoRA adapter held unmerged (add_adapter, or loaded with merge_adapter=False): what it is and
+        # the checkpoint it adapts, written into adapter_config.json on save.
+        self.adapter: lora.LoraSpec | None = None
+        self.adapter_base: str | None = None
+        self.adapter_revision: str | None = None
         # Set by prepare_for_inference (a runtime choice, never written to config.json).
         self.inference_mode: str | None = None
         self.reset()
@@ -121,18 +130,38 @@ class SmolVLAPolicy(nn.Module):
         *,
         device: str | torch.device | None = None,
         inference_mode: str | None = None,
+        merge_adapter: bool = True,
         **overrides: Any,
     ) -> SmolVLAPolicy:
         """Loads a checkpoint folder (ours or LeRobot's) or a hub repo id; `overrides` set config fields.
 
         `inference_mode` ("auto", "fp32", "bf16", "int8"): load straight into an inference-only policy
-        (see `prepare_for_inference`) without ever holding the fp32 model in memory."""
+        (see `prepare_for_inference`) without ever holding the fp32 model in memory.
+
+        A LoRA adapter folder (PEFT's adapter_config.json + adapter_model.safetensors, as LeRobot and
+        `smolvla train --peft.*` write it) loads its base checkpoint (`base_model_name_or_path`) and then
+        the adapter, merged into the weights (`merge_adapter`, for inference: no extra matmul per layer)
+        or kept apart (to train it further, or to save it back as an adapter)."""
         folder = resolve_dir(
-            str(path_or_repo_id), allow_patterns=["*.json", "*.safetensors", "vlm/*", "tokenizer/*"]
+            str(path_or_repo_id),
+            allow_patterns=["*.json", "*.safetensors", "vlm/*", "tokenizer/*"],
         )
         config = SmolVLAConfig.load(folder / CONFIG_FILE)
         if overrides:
             config = config.override(**overrides)
+        if lora.is_adapter(folder):
+            policy = cls._from_adapter(folder, config)
+            if merge_adapter or inference_mode is not None:
+                policy.merge_adapter()
+            if inference_mode is not None:
+                if device is not None and torch.device(device).type != "cpu":
+                    raise ConfigError(
+                        f"inference_mode: {inference_mode!r} prepares for CPUs, got device {device!r}"
+                    )
+                policy.prepare_for_inference(inference_mode)
+            elif device is not None:
+                policy.to(device)
+            return policy.eval()
         backbone, backbone_dir = resolve_backbone(config, folder)
         if inference_mode is not None:
             from smolvla.model.inference import load_prepared
@@ -158,11 +187,69 @@ class SmolVLAPolicy(nn.Module):
             policy.to(device)
         return policy.eval()
 
+    @classmethod
+    def _from_adapter(cls, folder: Path, config: SmolVLAConfig) -> SmolVLAPolicy:
+        """The base checkpoint's weights under this folder's config, then the adapter on top (LeRobot's
+        make_policy: the base policy, then PeftModel.from_pretrained)."""
+        spec, revision, tensors = lora.read_adapter(folder)
+        base_dir = adapter_base(folder)
+        base = read_json_object(folder / ADAPTER_CONFIG)["base_model_name_or_path"]
+        if lora.is_adapter(base_dir):
+            raise CheckpointError(
+                f"{folder / ADAPTER_CONFIG}: its base {base} is itself an adapter; merge that one "
+                "first (smolvla merge) and train on the merged checkpoint"
+            )
+        # LeRobot writes no backbone files beside an adapter: a relative backbone name is the base's.
+        bundled = (folder / config.vlm_model_name / CONFIG_FILE).is_file()
+        backbone, backbone_dir = resolve_backbone(config, folder if bundled else base_dir)
+        policy = cls(config, backbone, backbone_dir)
+        policy._file_dtypes = load_state(
+            policy, read_safetensors(base_dir / MODEL_FILE), str(base_dir / MODEL_FILE)
+        )
+        policy.add_adapter(spec, base, revision)
+        lora.load_adapter_state(policy, spec, tensors, str(folder / lora.ADAPTER_WEIGHTS))
+        policy.pretrained_path = folder
+        return policy
+
+    # -- LoRA adapters -------------------------------------------------------------------------------
+
+    def add_adapter(self, spec: lora.LoraSpec, base: str | None, revision: str | None = None) -> list[str]:
+        """Wraps the layers `spec` targets with LoRA adapters and freezes everything else (PEFT's
+        get_peft_model). `base`: the checkpoint these weights came from (a folder or hub repo id),
+        which the saved adapter names. Returns the wrapped module names."""
+        if self.inference_mode is not None:
+            raise RuntimeError(
+                "add_adapter: this policy was prepared for inference; load it plainly to train"
+            )
+        wrapped = lora.add_lora(self, spec)
+        self.adapter, self.adapter_base, self.adapter_revision = spec, base, revision
+        return wrapped
+
+    def merge_adapter(self) -> list[str]:
+        """Folds the adapter into the weights: a plain policy again, computing the same actions. The
+        merged layers (and the modules the adapter trained in full) save in fp32 from now on, whatever
+        the base checkpoint stored: a bf16 weight cannot hold a small update. Returns the merged names."""
+        if self.adapter is None:
+            return []
+        spec = self.adapter
+        full = [n for n, _ in self.named_modules() if n and spec.saves(n)]
+        merged = lora.merge_lora(self)
+        for name in [*merged, *full]:
+            for key in list(self._file_dtypes):
+                if key.startswith(name + "."):
+                    del self._file_dtypes[key]
+        self.adapter = self.adapter_base = self.adapter_revision = None
+        self.requires_grad_(True)
+        self._set_requires_grad()
+        return merged
+
     def save_pretrained(self, save_dir: str | Path) -> None:
         """Writes `config.json` and `model.safetensors` in LeRobot's layout. Tensors keep the dtypes of
         the file they were loaded from, so a loaded checkpoint saves back bit-identically. A backbone
         from a local folder is written beside them (`vlm/config.json`, tokenizer files) and referenced
-        as `vlm`, so the folder is self-contained; known names and hub repo ids are kept as they are."""
+        as `vlm`, so the folder is self-contained; known names and hub repo ids are kept as they are.
+        A policy holding an unmerged adapter saves as LeRobot's PEFT checkpoints do: config.json
+        (`use_peft: true`), adapter_config.json and adapter_model.safetensors."""
         if self.inference_mode is not None:
             raise RuntimeError(
                 f"save_pretrained: this policy was prepared for inference ({self.inference_mode}): its "
@@ -175,7 +262,11 @@ class SmolVLAPolicy(nn.Module):
             name = bundle_backbone_files(self.backbone_dir, save_dir)
             write_json(save_dir / name / CONFIG_FILE, self.backbone.to_hf_dict())
             config = config.override(vlm_model_name=name)
-        config.save(save_dir / CONFIG_FILE)
+        if self.adapter is not None:  # PEFT's files and LeRobot's config.json, no full weights
+            config.override(use_peft=True).save(save_dir / CONFIG_FILE)
+            lora.save_adapter(save_dir, self, self.adapter, self.adapter_base, self.adapter_revision)
+            return
+        config.override(use_peft=False).save(save_dir / CONFIG_FILE)
         save_state(self, save_dir / MODEL_FILE, self._file_dtypes)
 
     def load_vlm_weights(self) -> None:
@@ -226,6 +317,7 @@ class SmolVLAPolicy(nn.Module):
         CPU runs natively). Training and saving are refused afterwards."""
         from smolvla.model.inference import prepare
 
+        self.merge_adapter()
         prepare(self, mode)
         return self
 

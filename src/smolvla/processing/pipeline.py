@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from smolvla.checkpoint import bundle_backbone_files, is_portable_name
+from smolvla.checkpoint import adapter_base, bundle_backbone_files, is_portable_name
 from smolvla.config import (
     ACTION,
     OBS_ENV_STATE,
@@ -417,7 +417,9 @@ class PolicyPreprocessor:
                         f"{file}: tokenizer_processor has no tokenizer_name (it was saved from a tokenizer "
                         "object); pass tokenizer= to load it"
                     )
-                tokenizer = load_tokenizer(name, relative_to=path)
+                # an adapter's folder holds no tokenizer files (LeRobot's): its base's do
+                home = adapter_base(path) if not (path / name).exists() else None
+                tokenizer = load_tokenizer(name, relative_to=home or path)
             kwargs = {
                 "tokenizer_name": name,
                 "max_length": cfg.get("max_length", 512),

@@ -19,6 +19,7 @@ from smolvla.errors import SmolVLAError
 
 if TYPE_CHECKING:
     from smolvla.data.augment import AugmentConfig
+    from smolvla.model.lora import LoraSpec
 
 
 class FlagError(SmolVLAError, ValueError):
@@ -69,6 +70,97 @@ class TrainEvalConfig:
 
 
 @dataclass(frozen=True)
+class PeftConfig:
+    """LeRobot's `--peft.*` flags (configs/default.py::PeftConfig); any of them turns LoRA on."""
+
+    method_type: str = "LORA"  # the adapter kind: LORA (the one implemented)
+    # a regular expression over module names, or a list of name suffixes; None: LeRobot's SmolVLA
+    # default, the expert's q/v projections and the state/action/time projections
+    target_modules: list[str] | str | None = None
+    full_training_modules: list[str] | None = None  # modules trained in full beside the adapters
+    init_type: str | None = None  # None (PEFT's default: B zero) | gaussian | false
+    r: int = 16  # the adapters' rank
+    lora_alpha: int | None = None  # scaling = lora_alpha / r; None: PEFT's default, 8
+
+    def spec(self) -> LoraSpec:
+        """The adapter these flags describe (validated there, re-raised under the flag's name)."""
+        from smolvla.config import ConfigError
+        from smolvla.model.lora import DEFAULT_TARGETS, PEFT_DEFAULT_ALPHA, LoraSpec
+
+        if str(self.method_type).upper() != "LORA":
+            raise FlagError(
+                f"--peft.method_type: got {self.method_type!r}, expected 'LORA' (the one implemented)"
+            )
+        init: bool | str = True
+        if self.init_type is not None:
+            init = {"true": True, "false": False}.get(str(self.init_type).lower(), self.init_type)
+        names = {
+            "r": "r",
+            "lora_alpha": "lora_alpha",
+            "target_modules": "target_modules",
+            "modules_to_save": "full_training_modules",
+            "init_lora_weights": "init_type",
+        }
+        try:
+            return LoraSpec(
+                r=self.r,
+                lora_alpha=PEFT_DEFAULT_ALPHA if self.lora_alpha is None else self.lora_alpha,
+                target_modules=DEFAULT_TARGETS if self.target_modules is None else self.target_modules,
+                modules_to_save=tuple(self.full_training_modules or ()),
+                init_lora_weights=init,
+            )
+        except ConfigError as e:  # "LoRA <field>: ..." -> the flag
+            field_, _, rest = str(e).removeprefix("LoRA ").partition(":")
+            raise FlagError(f"--peft.{names.get(field_, field_)}:{rest}") from None
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """An exponential moving average of the trained weights (LeRobot main's `--ema.*`). The decay at
+    optimizer step t is 1 - (1 + t / inv_gamma) ** -power, clamped to [min_decay, max_decay], or the
+    constant --ema.decay; the first update (and those up to --ema.update_after_step) copies."""
+
+    enable: bool = False  # keep the average; checkpoints hold it in pretrained_model_ema/
+    decay: float | None = None  # a constant decay (e.g. 0.999) instead of the warm-up schedule
+    update_after_step: int = 0  # optimizer steps during which the average copies the weights
+    inv_gamma: float = 1.0  # warm-up schedule: 1 - (1 + t / inv_gamma) ** -power
+    power: float = 0.75
+    min_decay: float = 0.0
+    max_decay: float = 0.9999
+    use_for_eval: bool = True  # evaluate the average (--env.type) instead of the trained weights
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_decay <= self.max_decay <= 1:
+            raise FlagError(
+                f"--ema.min_decay / --ema.max_decay: got {self.min_decay} / {self.max_decay}, expected "
+                "0 <= min_decay <= max_decay <= 1"
+            )
+        if self.decay is not None and not 0 <= self.decay <= 1:
+            raise FlagError(f"--ema.decay: got {self.decay!r}, expected a number in [0, 1]")
+        if self.decay is not None and (self.min_decay, self.max_decay) != (0.0, 0.9999):
+            raise FlagError(
+                "--ema.decay (constant) and --ema.min_decay / --ema.max_decay (schedule) exclude each other"
+            )
+        if not self.inv_gamma > 0:
+            raise FlagError(f"--ema.inv_gamma: got {self.inv_gamma!r}, expected a positive number")
+        if not self.power > 0:
+            raise FlagError(f"--ema.power: got {self.power!r}, expected a positive number")
+        if not isinstance(self.update_after_step, int) or self.update_after_step < 0:
+            raise FlagError(
+                f"--ema.update_after_step: got {self.update_after_step!r}, expected a non-negative integer"
+            )
+
+    def decay_at(self, step: int) -> float:
+        """The decay of the update made after optimizer step `step` (1-based), as diffusers' EMAModel
+        computes it for LeRobot: 0 (a copy) up to update_after_step + 1."""
+        t = max(0, step - self.update_after_step - 1)
+        if t <= 0:
+            return 0.0
+        lo, hi = (self.decay, self.decay) if self.decay is not None else (self.min_decay, self.max_decay)
+        return max(min(1 - (1 + t / self.inv_gamma) ** -self.power, hi), lo)
+
+
+@dataclass(frozen=True)
 class WandBConfig:
     enable: bool = False  # log to Weights & Biases (if installed)
 
@@ -93,6 +185,8 @@ class TrainConfig:
     num_workers: int = 2  # DataLoader worker processes
     precision: str = "auto"  # auto | fp32 | bf16 (autocast where the device supports it)
     resume: bool = False  # continue the run in --output_dir from its last checkpoint
+    peft: PeftConfig | None = None  # LoRA adapters (any --peft.* flag): see docs/training.md
+    ema: EMAConfig = field(default_factory=EMAConfig)
     wandb: WandBConfig = field(default_factory=WandBConfig)
 
     def __post_init__(self) -> None:
@@ -131,6 +225,13 @@ class TrainConfig:
             raise bad("env.type", self.env.type, "'metaworld' (the simulator this project evaluates in)")
         if self.env.type and not self.env.task:
             raise FlagError("--env.task is required with --env.type: tasks or a difficulty (e.g. easy)")
+        if self.peft is not None:
+            if self.policy.path is None:
+                raise FlagError(
+                    "--peft.*: LoRA adapts a trained checkpoint; give --policy.path (e.g. "
+                    "lerobot/smolvla_base), not a new policy from a preset"
+                )
+            self.peft.spec()
         if self.dataset.episodes is not None and not all(
             isinstance(e, int) and e >= 0 for e in self.dataset.episodes
         ):
@@ -201,6 +302,8 @@ FIXED_ON_RESUME = (
     "batch_size",
     "gradient_accumulation_steps",
     "seed",
+    "peft",
+    "ema",
 )
 
 

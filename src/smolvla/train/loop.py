@@ -33,10 +33,12 @@ from smolvla.hardware import native_bf16
 from smolvla.io import write_atomic
 from smolvla.policy import SmolVLAPolicy
 from smolvla.train.config import TrainConfig, default_output_dir, resume_changes
+from smolvla.train.ema import EMA, EMA_MODEL_DIR
 from smolvla.train.optim import make_optimizer, make_scheduler
 from smolvla.train.state import (
     LAST,
     PRETRAINED,
+    TRAINING_STATE,
     checkpoint_step,
     complete_checkpoints,
     last_checkpoint,
@@ -222,13 +224,18 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 
     if resume_from is not None:
         with _loading(resume_from, out):
-            policy = SmolVLAPolicy.from_pretrained(resume_from / PRETRAINED)
+            # an adapter stays apart from its base: it is what trains
+            policy = SmolVLAPolicy.from_pretrained(resume_from / PRETRAINED, merge_adapter=False)
             pre, post = make_pre_post_processors(
                 policy.config, pretrained_path=resume_from / PRETRAINED, device=str(device)
             )
     elif cfg.policy.path:
         policy = SmolVLAPolicy.from_pretrained(cfg.policy.path, **cfg.policy.overrides)
         policy = _with_config(policy, pcfg)
+        if cfg.peft is not None:
+            wrapped = policy.add_adapter(cfg.peft.spec(), base=base_name(cfg.policy.path))
+            n = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+            log.info("LoRA on %d layers: %s parameters train", len(wrapped), f"{n:,}")
         # The dataset's stats replace the checkpoint's (LeRobot's rule); its tokenizer settings are kept.
         has_processors = (policy.pretrained_path / "policy_preprocessor.json").is_file()
         pre, post = make_pre_post_processors(
@@ -253,10 +260,14 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 
     opt = make_optimizer(list(policy.parameters()), pcfg)
     sched = make_scheduler(opt, pcfg, cfg.steps)
+    # The average lives on rank 0 only (DDP keeps every rank's weights equal), as LeRobot's does.
+    ema = EMA(cfg.ema, policy) if cfg.ema.enable and rank == 0 else None
     step, epoch, batch_in_epoch = 0, 0, 0
     if resume_from is not None:
         with _loading(resume_from, out):
             info = load_training_state(resume_from, opt, sched)
+            if ema is not None:
+                ema.load(resume_from / TRAINING_STATE)
         step, epoch, batch_in_epoch = info["step"], info["epoch"], info["batch_in_epoch"]
     model: torch.nn.Module = policy
     if world > 1:
@@ -271,6 +282,11 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         pre.save(folder)
         post.save(folder)
         (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def save_ema(ckpt: Path) -> None:  # inside the checkpoint being built, so it lands with it
+        with ema.applied():
+            save_model(ckpt / EMA_MODEL_DIR)
+        ema.save(ckpt / TRAINING_STATE)
 
     sampler = EpochSampler(len(ds), cfg.batch_size, rank, world, cfg.seed, epoch, batch_in_epoch)
     per_epoch = sampler.batches_per_epoch()
@@ -332,6 +348,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         grad_norm = torch.nn.utils.clip_grad_norm_(params, pcfg.optimizer_grad_clip_norm)
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update()
         step += 1
         window.append(loss_sum)
         samples_window += cfg.batch_size * world * cfg.gradient_accumulation_steps
@@ -346,6 +364,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
                 "samples_per_s": samples_window / dt,
                 "epoch": epoch,
                 "elapsed_s": time.perf_counter() - t_start,
+                **({"ema_decay": ema.decay} if ema is not None else {}),
             }
             logger.log(rec)
             bar.set_postfix(
@@ -367,11 +386,19 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
                         opt,
                         sched,
                         {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "world": world},
+                        also=save_ema if ema is not None else None,
                     )
-                    model_dir = ckpt / PRETRAINED
+                    model_dir = ckpt / (
+                        EMA_MODEL_DIR if ema is not None and cfg.ema.use_for_eval else PRETRAINED
+                    )
                 else:
                     model_dir = out / "eval" / f"{step:06d}" / PRETRAINED
-                    save_model(model_dir)
+                    with (
+                        ema.applied()
+                        if ema is not None and cfg.ema.use_for_eval
+                        else contextlib.nullcontext()
+                    ):
+                        save_model(model_dir)
                 if evaluating:
                     logger.log({"step": step, **_evaluate(cfg, model_dir, out)})
                 if not saving:  # the checkpoints are the run's weights; this copy only fed the simulator
@@ -389,6 +416,13 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 
 # --------------------------------------------------------------------------------------------------
 # Pieces of the loop
+
+
+def base_name(path: str) -> str:
+    """How an adapter names its base checkpoint: a local folder by its absolute path (the adapter may be
+    loaded from anywhere), a hub repo id as given."""
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.is_dir() else path
 
 
 def _episodes(cfg: TrainConfig) -> list[int] | None:

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,13 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    """A checkpoint folder holding its weights and its training step (what resuming needs first)."""
-    return (folder / PRETRAINED / "model.safetensors").is_file() and (
-        folder / TRAINING_STATE / "training_step.json"
-    ).is_file()
+    """A checkpoint folder holding its weights (full, or a LoRA adapter) and its training step (what
+    resuming needs first)."""
+    weights = ("model.safetensors", "adapter_model.safetensors")
+    return (
+        any((folder / PRETRAINED / w).is_file() for w in weights)
+        and (folder / TRAINING_STATE / "training_step.json").is_file()
+    )
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -141,8 +145,10 @@ def save_checkpoint(
     opt: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: dict[str, Any],
+    also: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Writes checkpoint `step` and points `last` at it. Returns its folder."""
+    """Writes checkpoint `step` and points `last` at it. Returns its folder. `also(folder)` writes more
+    into the checkpoint before it is renamed into place (the EMA's model and state)."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
     if tmp.exists():
@@ -156,6 +162,8 @@ def save_checkpoint(
     write_atomic(state / "rng_state.safetensors", save(tensors))
     write_json(state / "rng_state.json", meta)
     write_json(state / "training_step.json", {"step": step, **extra})
+    if also is not None:
+        also(tmp)
     _fsync_tree(tmp)
     if final.exists():  # re-saving a step (e.g. after resume at that step)
         shutil.rmtree(final)
