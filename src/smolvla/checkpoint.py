@@ -24,7 +24,6 @@ from smolvla.io import read_json_object, write_atomic
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: a LoRA adapter's settings and its base checkpoint
 VLM_DIR = "vlm"  # where we store a backbone that is not known by name, beside the checkpoint
 
 
@@ -194,24 +193,6 @@ def resolve_backbone(
             fake_image_token_id=vocab.get("<fake_token_around_image>", backbone.fake_image_token_id),
         )
     return backbone, folder
-
-
-def adapter_base(folder: Path) -> Path | None:
-    """The base checkpoint folder of the adapter in `folder` (None if `folder` holds no adapter).
-    LeRobot saves no backbone or tokenizer files beside an adapter: names relative to a checkpoint
-    resolve against its base."""
-    path = Path(folder) / ADAPTER_CONFIG
-    if not path.is_file():
-        return None
-    base = read_json_object(path, CheckpointError).get("base_model_name_or_path")
-    if not isinstance(base, str) or not base:
-        raise CheckpointError(
-            f"{path}: base_model_name_or_path is {base!r}; an adapter needs the checkpoint it was trained "
-            "on (a folder or a hub repo id)"
-        )
-    return resolve_dir(
-        base, allow_patterns=["*.json", "*.safetensors", "vlm/*"], what="the adapter's base checkpoint"
-    )
 
 
 def backbone_weight_files(folder: Path) -> list[Path]:

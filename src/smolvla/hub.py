@@ -7,6 +7,7 @@ downloaded once keeps working offline. Every failure says where it looked and wh
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,9 @@ from smolvla.errors import SmolVLAError
 # "owner/name": one slash, Hub-legal characters, no leading dot or dash (so "./x" and "../x" are paths).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: a LoRA adapter's settings and its base checkpoint
 
 
 class HubError(SmolVLAError, FileNotFoundError):
@@ -123,3 +127,25 @@ def resolve_file(
     if not any(folder == q for q in [*local, Path(str(name_or_path)).expanduser()]):
         where += f" (the snapshot of Hub repo {str(name_or_path)!r} in the HF cache {hf_cache_dir()})"
     raise HubError(f"{filename} not found: looked in {where}")
+
+
+def adapter_base(folder: Path) -> Path | None:
+    """The base checkpoint folder of the adapter in `folder` (None if `folder` holds no adapter).
+    LeRobot saves no backbone or tokenizer files beside an adapter: names relative to a checkpoint
+    resolve against its base."""
+    path = Path(folder) / ADAPTER_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HubError(f"{path}: not readable JSON ({e})") from None
+    base = d.get("base_model_name_or_path") if isinstance(d, dict) else None
+    if not isinstance(base, str) or not base:
+        raise HubError(
+            f"{path}: base_model_name_or_path is {base!r}; an adapter needs the checkpoint it was trained "
+            "on (a folder or a hub repo id)"
+        )
+    return resolve_dir(
+        base, allow_patterns=["*.json", "*.safetensors", "vlm/*"], what="the adapter's base checkpoint"
+    )

@@ -16,11 +16,9 @@ import torch
 from torch import nn
 
 from smolvla.checkpoint import (
-    ADAPTER_CONFIG,
     CONFIG_FILE,
     MODEL_FILE,
     CheckpointError,
-    adapter_base,
     backbone_weight_files,
     bundle_backbone_files,
     is_portable_name,
@@ -40,7 +38,7 @@ from smolvla.config import (
     SmolVLAConfig,
 )
 from smolvla.errors import SmolVLAError
-from smolvla.hub import resolve_dir
+from smolvla.hub import ADAPTER_CONFIG, adapter_base, resolve_dir
 from smolvla.io import read_json_object, write_json
 from smolvla.model import lora
 from smolvla.model.vla import Guidance, Observation, VLAFlowMatching
@@ -565,3 +563,31 @@ class SmolVLAPolicy(nn.Module):
     @staticmethod
     def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
         return torch.nn.functional.pad(x, (0, width - x.shape[-1]))
+
+
+def merge_checkpoint(adapter: str | Path, output_dir: str | Path) -> Path:
+    """`smolvla merge`: a LoRA adapter checkpoint (ours or LeRobot's) as a plain one in `output_dir`:
+    the base weights with the adapter folded in, the adapter folder's config (`use_peft: false`),
+    processor files and train_config.json. Every loader, exporter and inference mode takes the result."""
+    import shutil
+
+    from smolvla.processing.pipeline import PROCESSOR_FILES
+
+    folder = resolve_dir(str(adapter), allow_patterns=["*.json", "*.safetensors", "vlm/*", "tokenizer/*"])
+    if not lora.is_adapter(folder):
+        raise CheckpointError(
+            f"--policy.path: {folder} holds no LoRA adapter ({ADAPTER_CONFIG}); nothing to merge"
+        )
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"--output_dir: {out} is not empty; merge into a new folder")
+    policy = SmolVLAPolicy.from_pretrained(folder, merge_adapter=True)
+    policy.save_pretrained(out)
+    names = {p.name for pattern in [*PROCESSOR_FILES, "train_config.json"] for p in folder.glob(pattern)}
+    for name in sorted(names):
+        src = folder / name
+        if src.is_dir():
+            shutil.copytree(src, out / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, out / name)
+    return out

@@ -92,7 +92,7 @@ def make(base: Path, out: Path, io: Path) -> dict:
     # As if trained: every adapter tensor (B starts at zero) and the fully trained module move.
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for name, p in policy.named_parameters():
+        for p in policy.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
     # common/train_utils.py::save_checkpoint with cfg.peft set

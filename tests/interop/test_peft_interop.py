@@ -25,7 +25,6 @@ from smolvla.processing.pipeline import make_pre_post_processors
 from tests.interop.test_lerobot_interop import (
     ACTION_TOL,
     STATS,
-    lerobot_python,  # noqa: F401 (a fixture)
     make_backbone_dir,
     make_inputs,
     maxdiff,

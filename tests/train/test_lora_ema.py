@@ -73,7 +73,12 @@ def test_lora_fine_tune_saves_peft_files_and_trains_only_the_adapters(dataset, b
 
 
 def test_lora_resume_is_exact(dataset, base, tmp_path):
-    extra = ("--steps=5", "--peft.r=2", "--peft.init_type=gaussian", "--peft.full_training_modules=[state_proj]")
+    extra = (
+        "--steps=5",
+        "--peft.r=2",
+        "--peft.init_type=gaussian",
+        "--peft.full_training_modules=[state_proj]",
+    )
     straight = lora_run(dataset, base, tmp_path / "a", *extra)
     stopped = lora_run(dataset, base, tmp_path / "b", *extra, stop_at=2)
     train(parse_args([f"--output_dir={stopped}", "--resume=true"]), progress=False)
@@ -155,5 +160,7 @@ def test_bad_flags_name_the_flag(dataset, base, tmp_path, extra, match):
 
 
 def test_lora_needs_a_checkpoint(dataset, tmp_path):
-    with pytest.raises(SmolVLAError, match=r"--peft.\*: LoRA adapts a trained checkpoint; give --policy.path"):
+    with pytest.raises(
+        SmolVLAError, match=r"--peft.\*: LoRA adapts a trained checkpoint; give --policy.path"
+    ):
         run(dataset, tmp_path / "x", "--steps=1", "--peft.r=4")

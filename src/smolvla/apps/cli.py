@@ -259,6 +259,12 @@ def commands() -> tuple[Command, ...]:
             _run_export,
         ),
         Command(
+            "merge",
+            "fold a LoRA adapter into its base checkpoint: --policy.path=ADAPTER --output_dir=DIR",
+            tools.MergeConfig,
+            tools.run_merge,
+        ),
+        Command(
             "deploy",
             "drive the Meta-World robot through the server in real time: deploy sim --mode sync async",
             subcommands=(

@@ -38,6 +38,24 @@ class InfoConfig:
 
 
 @dataclass(frozen=True)
+class MergeConfig:
+    """Fold a LoRA adapter (smolvla's or LeRobot's) into its base: a plain checkpoint for every loader."""
+
+    policy: CheckpointRef = field(default_factory=CheckpointRef)  # the adapter checkpoint
+    output_dir: str | None = None  # the merged checkpoint to write (a new or empty folder)
+
+
+def run_merge(cfg: MergeConfig) -> None:
+    from smolvla.policy import merge_checkpoint
+
+    path = _required(cfg.policy.path, "policy.path", "an adapter checkpoint folder or hub repo id")
+    out = _required(cfg.output_dir, "output_dir", "the folder to write the merged checkpoint into")
+    t0 = time.perf_counter()
+    merge_checkpoint(path, out)
+    print(f"wrote {out}: {path} merged into its base in {time.perf_counter() - t0:.1f} s")
+
+
+@dataclass(frozen=True)
 class DemoPolicyConfig:
     path: str | None = None  # a checkpoint folder or hub repo id (None: --policy.preset, random weights)
     preset: str = "tiny"  # the preset built with random weights when no path is given
@@ -138,7 +156,19 @@ def parameter_report(policy: SmolVLAPolicy) -> dict[str, Any]:
 
 def info(path: str, as_json: bool = False, echo: bool = True) -> dict[str, Any]:
     """Prints what a checkpoint holds (or its JSON; nothing without `echo`) and returns it."""
-    policy = SmolVLAPolicy.from_pretrained(path)
+    policy = SmolVLAPolicy.from_pretrained(path, merge_adapter=False)
+    adapter = None
+    if policy.adapter is not None:
+        spec = policy.adapter
+        layers = [n for n, m in policy.named_modules() if type(m).__name__ == "LoraLinear"]
+        adapter = {
+            "base": policy.adapter_base,
+            "r": spec.r,
+            "lora_alpha": spec.lora_alpha,
+            "layers": len(layers),
+            "modules_to_save": list(spec.modules_to_save),
+            "parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+        }
     cfg = policy.config
     dtypes = Counter(str(d).removeprefix("torch.") for d in policy._file_dtypes.values())
     folder = policy.pretrained_path
@@ -157,6 +187,7 @@ def info(path: str, as_json: bool = False, echo: bool = True) -> dict[str, Any]:
         "parameters": parameter_report(policy),
         "file_dtypes": dict(dtypes),
         "processor_files": processors,
+        "adapter": adapter,
     }
     if as_json or not echo:
         if echo:
@@ -180,6 +211,13 @@ def info(path: str, as_json: bool = False, echo: bool = True) -> dict[str, Any]:
         print(f"    {k:<18}{n:>14,}")
     print(f"  file dtypes   {dict(dtypes)}")
     print(f"  processors    {', '.join(processors) or 'none (make them with the dataset stats)'}")
+    if adapter is not None:
+        print(
+            f"  LoRA adapter  r={adapter['r']} alpha={adapter['lora_alpha']} on {adapter['layers']} layers"
+            f"{', in full: ' + ', '.join(adapter['modules_to_save']) if adapter['modules_to_save'] else ''}, "
+            f"{adapter['parameters']:,} parameters; base {adapter['base']} (loaders merge it; "
+            "smolvla merge writes the merged checkpoint)"
+        )
     return report
 
 

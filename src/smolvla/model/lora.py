@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from smolvla.checkpoint import ADAPTER_CONFIG, CheckpointError, check_keys, check_tensor, read_safetensors
+from smolvla.checkpoint import CheckpointError, check_keys, check_tensor, read_safetensors
 from smolvla.config import ConfigError
+from smolvla.hub import ADAPTER_CONFIG
 from smolvla.io import read_json_object, write_atomic, write_json
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

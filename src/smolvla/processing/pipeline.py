@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from smolvla.checkpoint import adapter_base, bundle_backbone_files, is_portable_name
+from smolvla.checkpoint import bundle_backbone_files, is_portable_name
 from smolvla.config import (
     ACTION,
     OBS_ENV_STATE,
@@ -34,7 +34,7 @@ from smolvla.config import (
     SmolVLAConfig,
 )
 from smolvla.errors import MissingFileError
-from smolvla.hub import resolve_dir
+from smolvla.hub import adapter_base, resolve_dir
 from smolvla.io import read_json_object, write_atomic
 from smolvla.processing.images import ProcessorError, to_float_chw
 from smolvla.processing.normalize import Normalizer, to_stats, unflatten_stats

@@ -170,12 +170,18 @@ def cache_dir() -> Path:
 
 
 def _checkpoint_key(folder: Path) -> str:
-    """Changes when the checkpoint's files change (path, sizes, modification times)."""
+    """Changes when the checkpoint's files change (path, sizes, modification times), or, for a LoRA
+    adapter, its base's."""
+    from smolvla.hub import adapter_base
+
     h = hashlib.sha256(str(folder.resolve()).encode())
     for p in sorted(folder.rglob("*")):
         if p.is_file():
             st = p.stat()
             h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    base = adapter_base(folder)
+    if base is not None:
+        h.update(_checkpoint_key(base).encode())
     return h.hexdigest()[:16]
 
 
