@@ -341,6 +341,15 @@ class SmolVLAPolicy(nn.Module):
             m.requires_grad_(False)
         self.model.state_proj.requires_grad_(cfg.train_state_proj)
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> SmolVLAPolicy:
+        """Recompute activations in the backward pass instead of keeping them: each VLM + expert layer
+        pair, each expert layer of the cached-prefix pass, each vision layer when the tower trains.
+        Costs about one more forward per step; the loss and gradients are the same."""
+        vwe = self.model.vlm_with_expert
+        vwe.gradient_checkpointing = enabled
+        vwe.vlm.model.vision_model.gradient_checkpointing = enabled
+        return self
+
     def train(self, mode: bool = True) -> SmolVLAPolicy:
         super().train(mode)
         # Frozen parts stay in eval mode (no dropout exists, but a user's hooks may look at it).

@@ -166,3 +166,31 @@ def test_vision_tower_calls_of_any_size_give_the_same_prefix():
             out[budget] = model.embed_prefix(obs).embs
     torch.testing.assert_close(out[1], out[None], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[32], out[None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["expert_only", "everything"])
+@pytest.mark.parametrize("name", ["default", "sa_every_3", "self_attn_only"])
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_less(name, frozen):
+    """Recomputing in the backward pass changes no loss or gradient, and autograd keeps fewer bytes."""
+    from smolvla.apps.bench import saved_activation_bytes
+
+    flags = {} if frozen else {"train_expert_only": False, "freeze_vision_encoder": False}
+    batch = make_batch(policy_for(**VARIANTS[name], **flags).config, with_actions=True)
+    t = torch.tensor([0.2, 0.8])
+    out = {}
+    for on in (False, True):
+        policy = policy_for(**VARIANTS[name], **flags).train().set_gradient_checkpointing(on)
+        noise = torch.randn(
+            2,
+            policy.config.chunk_size,
+            policy.config.max_action_dim,
+            generator=torch.Generator().manual_seed(0),
+        )
+        kept, (loss, _) = saved_activation_bytes(lambda p=policy, x=noise: p(batch, noise=x, time=t), policy)
+        loss.backward()
+        out[on] = (loss.detach(), {n: p.grad for n, p in policy.named_parameters() if p.requires_grad}, kept)
+    assert torch.equal(out[False][0], out[True][0])
+    assert out[False][1].keys() == out[True][1].keys()
+    for n, g in out[False][1].items():
+        torch.testing.assert_close(out[True][1][n], g, rtol=1e-5, atol=1e-7, msg=n)
+    assert out[True][2] < 0.6 * out[False][2], (out[True][2], out[False][2])

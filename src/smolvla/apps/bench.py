@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -420,6 +421,23 @@ def train_case(
         **rss,
         "torch": torch.__version__,
     }
+
+
+def saved_activation_bytes(fn: Callable[[], Any], module: torch.nn.Module) -> tuple[int, Any]:
+    """(bytes autograd keeps for the backward pass while `fn()` runs, fn's result). Each storage counts
+    once, and `module`'s parameters (held anyway) not at all: what a batch adds, on any device."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
 
 
 # --------------------------------------------------------------------------------------------------

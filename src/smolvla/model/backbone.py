@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from smolvla.config import BackboneConfig, TextConfig, VisionConfig
 
@@ -152,12 +153,17 @@ class VisionTower(nn.Module):
         self.embeddings = VisionEmbeddings(cfg)
         self.encoder = VisionEncoder(cfg)
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.gradient_checkpointing = False
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1] -> patch features (B, N, E)."""
         x = self.embeddings(pixels)
         for layer in self.encoder.layers:
-            x = layer(x)
+            # a trained tower keeps about a GB of activations per 512 px image: recompute them instead
+            if self.gradient_checkpointing and torch.is_grad_enabled() and x.requires_grad:
+                x = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
         return self.post_layernorm(x)
 
 

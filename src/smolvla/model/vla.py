@@ -18,10 +18,12 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from smolvla.config import BackboneConfig, ConfigError, SmolVLAConfig, expert_intermediate_size
 from smolvla.flow import euler
@@ -96,6 +98,9 @@ class VLMWithExpert(nn.Module):
         # The last VLM layer an expert layer reads from: later layers, and that layer's own attention
         # output and MLP, never influence the actions, so the prefix pass stops there.
         self.last_used = max(i for i, j in enumerate(self.expert_at) if j is not None)
+        # Recompute each layer's activations in the backward pass instead of keeping them (a training
+        # setting, never saved: LeRobot's config has no such field and results do not change).
+        self.gradient_checkpointing = False
 
     @staticmethod
     def _kind(cfg: SmolVLAConfig, i: int) -> str:
@@ -134,29 +139,52 @@ class VLMWithExpert(nn.Module):
             return self.denoise(
                 suffix, self._expert_cache(kvs), mask[:, p, :p], mask[:, p:, p:], positions[:, p:]
             )
-        pre_mask, pre_pos = mask[:, :p, :p], positions[:, :p]
         suf_pos_ca = positions[:, p:] - positions[:, p:].min(dim=1, keepdim=True).values
         for i in range(self.last_used + 1):
-            vlm = self.vlm.model.text_model.layers[i]
-            exp = self.expert_layer(i)
-            q, k, v = vlm.qkv(prefix)
-            if exp is not None and self.kinds[i] == "sa":
-                qs, ks, vs = exp.qkv(suffix)
-                q = apply_rope(torch.cat([q, qs.to(q.dtype)], 1), positions)
-                k = apply_rope(torch.cat([k, ks.to(k.dtype)], 1), positions)
-                att = attention(q, k, torch.cat([v, vs.to(v.dtype)], 1), mask)  # (B, P+S, H*Dh)
-                suffix = exp.finish(suffix, att[:, p:])
-                if i < self.last_used:
-                    prefix = vlm.finish(prefix, att[:, :p])
-                continue
-            q, k = apply_rope(q, pre_pos), apply_rope(k, pre_pos)
-            if exp is not None:  # cross-attention: expert queries over the VLM's rotated k/v
-                ck, cv = exp.project_kv(k, v)
-                qs = apply_rope(exp.query(suffix), suf_pos_ca)
-                suffix = exp.finish(suffix, attention(qs, ck, cv, mask[:, p:, :p]))
-            if i < self.last_used:
-                prefix = vlm.finish(prefix, attention(q, k, v, pre_mask))
+            prefix, suffix = self._checkpointed(
+                self._joint_layer, i, prefix, suffix, mask, positions, suf_pos_ca
+            )
         return self.lm_expert.norm(suffix)
+
+    def _joint_layer(
+        self,
+        i: int,
+        prefix: torch.Tensor,
+        suffix: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        suf_pos_ca: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """VLM layer i and the expert layer on it, over both streams: (B, P, D), (B, S, E) -> same."""
+        p = prefix.shape[1]
+        vlm = self.vlm.model.text_model.layers[i]
+        exp = self.expert_layer(i)
+        q, k, v = vlm.qkv(prefix)
+        if exp is not None and self.kinds[i] == "sa":
+            qs, ks, vs = exp.qkv(suffix)
+            q = apply_rope(torch.cat([q, qs.to(q.dtype)], 1), positions)
+            k = apply_rope(torch.cat([k, ks.to(k.dtype)], 1), positions)
+            att = attention(q, k, torch.cat([v, vs.to(v.dtype)], 1), mask)  # (B, P+S, H*Dh)
+            suffix = exp.finish(suffix, att[:, p:])
+            if i < self.last_used:
+                prefix = vlm.finish(prefix, att[:, :p])
+            return prefix, suffix
+        pre_pos = positions[:, :p]
+        q, k = apply_rope(q, pre_pos), apply_rope(k, pre_pos)
+        if exp is not None:  # cross-attention: expert queries over the VLM's rotated k/v
+            ck, cv = exp.project_kv(k, v)
+            qs = apply_rope(exp.query(suffix), suf_pos_ca)
+            suffix = exp.finish(suffix, attention(qs, ck, cv, mask[:, p:, :p]))
+        if i < self.last_used:
+            prefix = vlm.finish(prefix, attention(q, k, v, mask[:, :p, :p]))
+        return prefix, suffix
+
+    def _checkpointed(self, fn: Callable, *args: Any) -> Any:
+        """fn(*args), or, with gradient checkpointing on while autograd records, the same without keeping
+        its activations: they are recomputed in the backward pass (one more forward of the layer)."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def _vlm_trained(self) -> bool:
         return any(p.requires_grad for p in self.vlm.parameters())
@@ -225,19 +253,21 @@ class VLMWithExpert(nn.Module):
                 biases[key] = attention_bias(mask, dtype)
             return biases[key]
 
-        for i, kv in enumerate(cache):
+        def layer(i: int, suffix: torch.Tensor, k0: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
             exp = self.expert_layer(i)
-            if exp is None:
-                continue
             if self.kinds[i] == "sa":
                 qs, ks, vs = exp.qkv(suffix)
                 qs, ks = apply_rope(qs, tables=rope_sa), apply_rope(ks, tables=rope_sa)
-                k, v = torch.cat([kv[0], ks.to(kv[0].dtype)], 1), torch.cat([kv[1], vs.to(kv[1].dtype)], 1)
+                k, v = torch.cat([k0, ks.to(k0.dtype)], 1), torch.cat([v0, vs.to(v0.dtype)], 1)
                 att = attention(qs.to(k.dtype), k, v, bias(joint_mask, k.dtype))
             else:
                 qs = apply_rope(exp.query(suffix), tables=rope_ca)
-                att = attention(qs.to(kv[0].dtype), kv[0], kv[1], bias(cross_mask, kv[0].dtype))
-            suffix = exp.finish(suffix, att)
+                att = attention(qs.to(k0.dtype), k0, v0, bias(cross_mask, k0.dtype))
+            return exp.finish(suffix, att)
+
+        for i, kv in enumerate(cache):
+            if self.expert_layer(i) is not None:
+                suffix = self._checkpointed(layer, i, suffix, kv[0], kv[1])
         return self.lm_expert.norm(suffix)
 
 

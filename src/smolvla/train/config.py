@@ -50,6 +50,8 @@ class TrainPolicyConfig:
     type: str | None = None  # smolvla: a new policy (from --policy.preset, default base)
     preset: str | None = None  # train a new policy from this preset: base | tiny | micro
     device: str | None = None  # None: cuda if available, else cpu
+    # recompute activations in the backward pass instead of keeping them: less memory, ~1 more forward
+    gradient_checkpointing: bool = False
     # SmolVLA config fields to change, as --policy.<field>=value (e.g. --policy.n_action_steps=10)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -310,6 +312,7 @@ FIXED_ON_RESUME = (
 def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
     """The settings of `cfg` that differ from the run it resumes and may not (see FIXED_ON_RESUME)."""
     changed = []
+    free = {"policy.gradient_checkpointing"}  # changes memory and speed, not the run
     for name in FIXED_ON_RESUME:
         old, new = getattr(saved, name), getattr(cfg, name)
         if old == new:
@@ -318,7 +321,7 @@ def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
             changed += [
                 f"{name}.{f.name}"
                 for f in dataclasses.fields(old)
-                if getattr(old, f.name) != getattr(new, f.name)
+                if getattr(old, f.name) != getattr(new, f.name) and f"{name}.{f.name}" not in free
             ]
         else:
             changed.append(name)

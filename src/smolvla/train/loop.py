@@ -248,6 +248,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         policy = SmolVLAPolicy.from_config(pcfg)
         pre, post = make_pre_post_processors(pcfg, dataset_stats=ds.stats, device=str(device))
     policy.to(device).train()
+    policy.set_gradient_checkpointing(cfg.policy.gradient_checkpointing)
     amp = training_precision(policy, cfg.precision, device)
     pcfg = policy.config
     if pre.tokenizer is not None and pre.truncation:
