@@ -65,6 +65,34 @@ def test_train_case_reports_a_step(tmp_path, monkeypatch, precision):
     assert (torch.bfloat16 in frozen) == (precision == "bf16")  # fp32 loads the bf16 checkpoint as fp32
 
 
+def test_memory_is_counted_per_finetuning_mode_and_planned(tmp_path):
+    """What trains per mode, its optimizer state as AdamW really holds it, activations counted per sample,
+    checkpointing keeping fewer; the plan turns them into batch sizes per GPU."""
+    bench.write_checkpoint("micro", None, tmp_path / "ckpt")
+    base_cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert base_cfg["train_expert_only"] and base_cfg["freeze_vision_encoder"]
+
+    def case(mode: str, b: int = 2, **kw) -> dict:
+        return bench.train_case("micro", tmp_path / "ckpt", b, 1, 1, 7, "fp32", finetune=mode, **kw)
+
+    rows = {m: case(m) for m in bench.FINETUNE}
+    trained = [rows[m]["trainable"] for m in ("lora", "expert", "vlm", "full")]
+    assert trained == sorted(trained) and len(set(trained)) == 4
+    for r in rows.values():
+        assert r["optimizer_state_found_gb"] == r["optimizer_state_gb"]  # AdamW's, as counted
+        assert r["activations_per_sample_gb"] > 0 and "measured_gb" in r and r["timed"]
+    ckpt = case("full", gradient_checkpointing=True)
+    assert ckpt["activations_per_sample_gb"] < rows["full"]["activations_per_sample_gb"]
+    big = case("full", b=64, timed=False)
+    assert "s_per_step_median" not in big and big["estimate_gb"] > rows["full"]["estimate_gb"]
+    plans = {p["finetune"]: p for p in bench.memory_plan([*rows.values(), big])}
+    assert plans["lora"]["basis"] == "measured" and plans["full"]["per_sample_gb"] > 0
+    counted = bench.memory_plan([big])[0]
+    assert counted["basis"] == "counted" and counted["max_batch"]["80GB"] >= counted["max_batch"]["8GB"]
+    with pytest.raises(bench.BenchError, match="--finetune: got 'qlora'"):
+        case("qlora")
+
+
 def test_image_size_sets_the_camera_and_the_vision_tokens(tmp_path):
     bench.write_checkpoint("micro", 1, tmp_path / "small", image_size=8)
     bench.write_checkpoint("micro", 1, tmp_path / "full")
@@ -93,7 +121,7 @@ def test_list_flags_take_space_separated_values_and_old_spellings(capsys):
     _, cfg = parse(["bench", "inference", "--cams", "2", "--mode", "fp32", "bf16", "int8"])
     assert cfg.cams == (2,) and cfg.mode == ("fp32", "bf16", "int8") and cfg.policy.preset == "base"
     _, cfg = parse(["bench", "train", "--preset", "micro", "--batch", "2", "--no-matmul", "--precision=bf16"])
-    assert (cfg.policy.preset, cfg.batch_size, cfg.matmul, cfg.precision) == ("micro", 2, False, ("bf16",))
+    assert (cfg.policy.preset, cfg.batch_size, cfg.matmul, cfg.precision) == ("micro", (2,), False, ("bf16",))
     assert "--batch is deprecated, use --batch_size=..." in capsys.readouterr().err
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from smolvla.apps.bench_measure import median, peaks, reset_peak_rss, timed_runs
+from smolvla.apps.bench_measure import median, peaks, reset_peak_rss, status_kb, timed_runs
 from smolvla.errors import SmolVLAError
 
 INFER_MODES = ("reference", "fp32", "bf16", "int8")
@@ -351,28 +351,115 @@ def vision_case(preset_name: str, checkpoint: Path, runs: int, threads: int) -> 
     return out
 
 
+# How each fine-tuning mode sets the policy up: config fields, and LoRA (LeRobot's SmolVLA defaults).
+FINETUNE = {
+    "expert": {},  # LeRobot's default: the action expert and projections train, the VLM is frozen
+    "lora": {},  # LoRA r=16 on the expert's q/v and the projections (add_adapter below)
+    "vlm": {"train_expert_only": False},  # the VLM's text layers and connector train too
+    "full": {"train_expert_only": False, "freeze_vision_encoder": False},  # the vision tower too
+}
+# GPU memory sizes of the plan, and what CUDA takes before any tensor: PyTorch's CUDA context is
+# 0.3-0.5 GB (the measured CPU peaks already hold the allocator's and the libraries' slack).
+GPU_SIZES_GB = (8, 12, 16, 24, 40, 80)
+CUDA_OVERHEAD_GB = 0.5
+
+
 def train_case(
-    preset_name: str, checkpoint: Path, batch_size: int, runs: int, threads: int, lang: int, precision: str
+    preset_name: str,
+    checkpoint: Path,
+    batch_size: int,
+    runs: int,
+    threads: int,
+    lang: int,
+    precision: str,
+    finetune: str = "expert",
+    gradient_checkpointing: bool = False,
+    timed: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """A fine-tuning step from `checkpoint` (bf16 on disk, as smolvla_base), set up as `smolvla train
-    --precision` sets it up: "fp32" as loaded, "bf16" with bf16 autocast and the frozen parts stored in
-    bf16 (`training_precision`)."""
+    """A fine-tuning step from `checkpoint` (bf16 on disk, as smolvla_base), set up as `smolvla train`
+    sets it up: "fp32" as loaded, "bf16" with bf16 autocast and the frozen parts stored in bf16
+    (`training_precision`); `finetune` one of FINETUNE.
+
+    Memory is counted, then measured. Counted: weights (in their training dtypes), gradients and AdamW
+    state of what trains, and the activations autograd keeps (`saved_activation_bytes`, at batch 1 and
+    2: a part per step and a part per sample). Their sum at `batch_size` is the estimate of a GPU's
+    peak (`torch.cuda.max_memory_allocated` less the temporaries of the backward pass). Measured (with
+    `timed`): steps at `batch_size`, their time and the process's peak RSS over what it held before
+    the policy existed (on CUDA also max_memory_allocated)."""
+    from smolvla.model.lora import LoraSpec
     from smolvla.policy import SmolVLAPolicy
     from smolvla.train.loop import training_precision
     from smolvla.train.optim import make_optimizer
 
+    if finetune not in FINETUNE:
+        raise BenchError(f"--finetune: got {finetune!r}, expected some of {list(FINETUNE)}")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    policy = SmolVLAPolicy.from_pretrained(checkpoint).train()
+    dev = torch.device(device)
+    rss_before_gb = status_kb("VmRSS") / 2**20
+    policy = SmolVLAPolicy.from_pretrained(checkpoint, **FINETUNE[finetune])
+    if finetune == "lora":
+        policy.add_adapter(LoraSpec(), base=str(checkpoint))
+    policy.to(dev).train().set_gradient_checkpointing(gradient_checkpointing)
     cfg = policy.config
-    amp = training_precision(policy, precision, torch.device("cpu"))
+    amp = training_precision(policy, precision, dev)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = make_optimizer(list(policy.parameters()), cfg)
-    data = _batch(policy, batch_size, lang, actions=True)
+
+    def nbytes(ts: Any) -> int:
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    weights = nbytes(policy.parameters()) + nbytes(policy.buffers())
+    grads = nbytes(params)  # a gradient per trained parameter, in its dtype
+    adam = 2 * grads + 4 * len(params)  # exp_avg and exp_avg_sq, and a step counter per tensor
+
+    def batch(b: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(dev) for k, v in _batch(policy, b, lang, actions=True).items()}
+
+    def kept(b: int) -> int:
+        data = batch(b)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp is not None):
+            n, _ = saved_activation_bytes(lambda: policy(data), policy)
+        return n
+
+    a1, a2 = kept(1), kept(2)
+    per_sample, per_step = a2 - a1, 2 * a1 - a2
+    gb = 2**30
+
+    def in_gb(n: float) -> float:  # 4 significant digits: a micro policy's bytes are not 0 GB
+        return float(f"{n / gb:.4g}")
+    estimate = weights + grads + adam + per_step + per_sample * batch_size
+    rec: dict[str, Any] = {
+        "case": "train_step",
+        "impl": "smolvla",
+        "preset": preset_name,
+        "finetune": finetune,
+        "gradient_checkpointing": gradient_checkpointing,
+        "cams": len(cfg.image_features),
+        **_image_fields(policy),
+        "batch": batch_size,
+        "precision": precision,
+        "device": dev.type,
+        "threads": threads,
+        "lang_tokens": lang,
+        "params": sum(p.numel() for p in policy.parameters()),
+        "trainable": sum(p.numel() for p in params),
+        "weights_gb": in_gb(weights),
+        "grads_gb": in_gb(grads),
+        "optimizer_state_gb": in_gb(adam),
+        "activations_per_sample_gb": in_gb(per_sample),
+        "activations_per_step_gb": in_gb(per_step),
+        "estimate_gb": in_gb(estimate),
+        "timed": timed,
+    }
+    if not timed:
+        return rec
+    data = batch(batch_size)
 
     def step() -> tuple[float, float, float, float]:
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp is not None):
             loss, _ = policy(data)
         t1 = time.perf_counter()
         loss.backward()
@@ -380,47 +467,105 @@ def train_case(
         torch.nn.utils.clip_grad_norm_(params, cfg.optimizer_grad_clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         return t1 - t0, t2 - t1, time.perf_counter() - t0, float(loss.detach())
 
     step()  # warm-up (and AdamW's state)
+    adam_found = sum(nbytes(v for v in st.values() if torch.is_tensor(v)) for st in opt.state.values())
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     reset_peak_rss()
     samples = [step() for _ in range(runs)]
     rss = peaks()
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with (
-        FlopCounterMode(display=False) as fc,
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None),
-    ):
-        loss, _ = policy(data)
-        loss.backward()
-    opt.zero_grad(set_to_none=True)
     total = statistics.median(s[2] for s in samples)
     fwd_bwd = statistics.median(s[0] + s[1] for s in samples)
-    return {
-        "case": "train_step",
-        "impl": "smolvla",
-        "preset": preset_name,
-        "cams": len(cfg.image_features),
-        **_image_fields(policy),
-        "batch": batch_size,
-        "precision": precision,
-        "threads": threads,
-        "lang_tokens": lang,
-        "runs": runs,
-        "s_per_step_median": round(total, 4),
-        "forward_s_median": median([s[0] for s in samples]),
-        "backward_s_median": median([s[1] for s in samples]),
-        "fwd_bwd_s_median": round(fwd_bwd, 4),
-        "samples_per_s": round(batch_size / total, 1),
-        "gflop_fwd_bwd": round(fc.get_total_flops() / 1e9, 1),
-        "gflops_per_s": round(fc.get_total_flops() / fwd_bwd / 1e9, 1),
-        "params": sum(p.numel() for p in policy.parameters()),
-        "trainable": sum(p.numel() for p in params),
-        "losses": [round(s[3], 4) for s in samples],
+    rec.update(
+        runs=runs,
+        s_per_step_median=round(total, 4),
+        forward_s_median=median([s[0] for s in samples]),
+        backward_s_median=median([s[1] for s in samples]),
+        fwd_bwd_s_median=round(fwd_bwd, 4),
+        samples_per_s=round(batch_size / total, 2),
+        losses=[round(s[3], 4) for s in samples],
+        optimizer_state_found_gb=in_gb(adam_found),
         **rss,
-        "torch": torch.__version__,
-    }
+        rss_before_policy_gb=round(rss_before_gb, 3),
+        # what the step's tensors took: the peak less the interpreter and libraries held before
+        measured_gb=round(rss["peak_rss_runs_gb"] - rss_before_gb, 3),
+    )
+    rec["measured_over_estimate"] = round(rec["measured_gb"] * gb / estimate, 3)
+    if dev.type == "cuda":
+        rec["cuda_max_allocated_gb"] = round(torch.cuda.max_memory_allocated(dev) / gb, 3)
+    if dev.type == "cpu":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with (
+            FlopCounterMode(display=False) as fc,
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None),
+        ):
+            loss, _ = policy(data)
+            loss.backward()
+        opt.zero_grad(set_to_none=True)
+        rec["gflop_fwd_bwd"] = round(fc.get_total_flops() / 1e9, 1)
+        rec["gflops_per_s"] = round(fc.get_total_flops() / fwd_bwd / 1e9, 1)
+    rec["torch"] = torch.__version__
+    return rec
+
+
+def memory_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fine-tuning mode x precision x checkpointing: memory as a line, fixed + per sample x batch,
+    and the largest batch that fits each GPU size (less CUDA_OVERHEAD_GB).
+
+    The line comes from the measured peaks where steps ran (two batch sizes or more: a fit; one: its
+    peak with the counted per-sample bytes as slope), else from the counted bytes alone. Measured
+    peaks include what the backward pass holds beyond the counted bytes (gradient temporaries), so
+    they are the safer basis; `counted_share` says how much of the measured peak the count explains."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("case") == "train_step" and "estimate_gb" in r:
+            groups.setdefault((r["finetune"], r["precision"], r["gradient_checkpointing"]), []).append(r)
+    plans = []
+    for key, rs in groups.items():
+        r0 = rs[0]
+        counted_fixed = (
+            r0["weights_gb"] + r0["grads_gb"] + r0["optimizer_state_gb"] + r0["activations_per_step_gb"]
+        )
+        counted_per = r0["activations_per_sample_gb"]
+        timed = sorted((r["batch"], r["measured_gb"]) for r in rs if r.get("timed") and "measured_gb" in r)
+        if len(timed) >= 2:
+            bs, ms = [b for b, _ in timed], [m for _, m in timed]
+            mb, mm = statistics.fmean(bs), statistics.fmean(ms)
+            per = sum((b - mb) * (m - mm) for b, m in timed) / sum((b - mb) ** 2 for b in bs)
+            fixed, basis = mm - per * mb, "measured"
+        elif timed:
+            per = counted_per
+            fixed, basis = timed[0][1] - per * timed[0][0], "measured"
+        else:
+            fixed, per, basis = counted_fixed, counted_per, "counted"
+        plans.append(
+            {
+                "case": "memory_plan",
+                "finetune": key[0],
+                "precision": key[1],
+                "gradient_checkpointing": key[2],
+                "trainable": r0["trainable"],
+                "basis": basis,
+                "fixed_gb": round(fixed, 3),
+                "per_sample_gb": round(per, 4),
+                "counted_fixed_gb": round(counted_fixed, 3),
+                "counted_per_sample_gb": counted_per,
+                "counted_share": [
+                    round(r["estimate_gb"] / r["measured_gb"], 3) for r in rs if r.get("measured_gb")
+                ],
+                "gb_at_batch": {r["batch"]: round(fixed + per * r["batch"], 2) for r in rs},
+                "max_batch": {
+                    f"{size}GB": max(0, int((size - CUDA_OVERHEAD_GB - fixed) // per)) if per > 0 else None
+                    for size in GPU_SIZES_GB
+                },
+            }
+        )
+    return plans
 
 
 def saved_activation_bytes(fn: Callable[[], Any], module: torch.nn.Module) -> tuple[int, Any]:
@@ -705,24 +850,39 @@ def run_train(c: BenchTrainConfig, peak: dict[str, Any] | None) -> list[dict[str
     for prec in c.precision:
         if prec not in TRAIN_PRECISIONS:
             raise BenchError(f"--precision: got {prec!r}, expected some of {list(TRAIN_PRECISIONS)}")
+    for mode in c.finetune:
+        if mode not in FINETUNE:
+            raise BenchError(f"--finetune: got {mode!r}, expected some of {list(FINETUNE)}")
+    if not c.batch_size or any(b < 1 for b in c.batch_size):
+        raise BenchError(f"--batch_size: got {c.batch_size!r}, expected positive integers")
     out = []
-    lerobot = None
+    lerobot: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
         preset = c.policy.preset
         ckpt = _random_checkpoint(Path(tmp) / "ckpt", preset, c.cams, c.image_size)
-        for prec in c.precision:
-            spec = dict(preset_name=preset, checkpoint=str(ckpt), batch_size=c.batch_size, runs=c.runs)
-            spec.update(threads=c.threads, lang=c.lang, precision=prec)
-            rec = _with_peak(_child("train", **spec), peak, TRAIN_PEAK[prec])
-            _emit(rec)
-            out.append(rec)
-            if c.compare and preset == "base" and c.image_size is None:
-                if lerobot is None:
-                    cams = str(rec.get("cams", c.cams or 2))
-                    lr_args = ["train", "--cams", cams, "--bs", str(c.batch_size), "--n-lang", str(c.lang)]
-                    lerobot = lerobot_case(c.compare, Path(c.lerobot_script), lr_args, c.threads, c.runs)
-                    _emit(lerobot)
-                _emit(_ratio(rec, lerobot, "s_per_step_median"))
+        for mode in c.finetune:
+            for prec in c.precision:
+                for b in c.batch_size:
+                    spec = dict(preset_name=preset, checkpoint=str(ckpt), batch_size=b, runs=c.runs)
+                    spec.update(threads=c.threads, lang=c.lang, precision=prec, finetune=mode)
+                    spec.update(gradient_checkpointing=c.gradient_checkpointing, device=c.device)
+                    spec.update(timed=b <= c.max_timed_batch)
+                    rec = _with_peak(_child("train", **spec), peak, TRAIN_PEAK[prec])
+                    _emit(rec)
+                    out.append(rec)
+                    # LeRobot's reference times its default: the expert alone, fp32
+                    lerobot_has = mode == "expert" and prec == "fp32" and spec["timed"]
+                    if c.compare and lerobot_has and preset == "base" and c.image_size is None:
+                        if b not in lerobot:
+                            cams = str(rec.get("cams", c.cams or 2))
+                            lr_args = ["train", "--cams", cams, "--bs", str(b), "--n-lang", str(c.lang)]
+                            lerobot[b] = lerobot_case(
+                                c.compare, Path(c.lerobot_script), lr_args, c.threads, c.runs
+                            )
+                            _emit(lerobot[b])
+                        _emit(_ratio(rec, lerobot[b], "s_per_step_median"))
+    for plan in memory_plan(out):
+        _emit(plan)
     return out
 
 
@@ -776,15 +936,22 @@ class BenchInferenceConfig(BenchCommonConfig):
 
 @dataclasses.dataclass(frozen=True)
 class BenchTrainConfig(BenchCommonConfig):
-    """Seconds per training step, per precision."""
+    """Seconds per training step and the memory plan, per fine-tuning mode, precision and batch size."""
 
     policy: BenchTrainPolicyConfig = dataclasses.field(default_factory=BenchTrainPolicyConfig)
     cams: int | None = None  # cameras (None: the preset's)
-    batch_size: int = 4  # samples per training step
+    batch_size: tuple[int, ...] = (4,)  # samples per training step, one case each (--batch_size 1 8 32 64)
     lang: int = 48  # language tokens
     image_size: int | None = None  # camera and model input side in pixels (None: the preset's)
     # as `smolvla train --precision`: fp32, or bf16 autocast with frozen parts stored in bf16
     precision: tuple[str, ...] = TRAIN_PRECISIONS
+    # what trains: expert (LeRobot's default), lora (r=16, LeRobot's targets), vlm (+ text layers and
+    # connector), full (+ the vision tower)
+    finetune: tuple[str, ...] = ("expert",)
+    gradient_checkpointing: bool = False  # as --policy.gradient_checkpointing=true in smolvla train
+    # larger batches are counted (memory estimate) but not run: on a CPU they take minutes and RAM
+    max_timed_batch: int = 8
+    device: str = "cpu"  # cuda: time on a GPU and report torch.cuda.max_memory_allocated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -877,7 +1044,14 @@ def run_command(cfg: Any) -> None:
         BenchInferenceConfig(**tiny, policy=tiny_policy, cams=(1,), mode=("fp32", "int8"), lang=24), peak
     )
     run_train(
-        BenchTrainConfig(**tiny, policy=BenchTrainPolicyConfig(preset="tiny"), batch_size=64, lang=24), peak
+        BenchTrainConfig(
+            **tiny,
+            policy=BenchTrainPolicyConfig(preset="tiny"),
+            batch_size=(64,),
+            lang=24,
+            max_timed_batch=64,
+        ),
+        peak,
     )
 
 
