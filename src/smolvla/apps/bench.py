@@ -429,6 +429,7 @@ def train_case(
 
     def in_gb(n: float) -> float:  # 4 significant digits: a micro policy's bytes are not 0 GB
         return float(f"{n / gb:.4g}")
+
     estimate = weights + grads + adam + per_step + per_sample * batch_size
     rec: dict[str, Any] = {
         "case": "train_step",
@@ -629,6 +630,7 @@ def lerobot_case(python: str, script: Path, args: list[str], threads: int, runs:
             backward_s_median=round(r["median_bwd_s"], 4),
             peak_rss_runs_gb=round(r["peak_rss_during_runs_MiB"] / 1024, 3),
             n_clean_runs=r["fwd_bwd"].get("n_clean"),
+            trainable=r.get("trainable_params"),
         )
     out["torch"] = r.get("torch")
     return out
@@ -678,7 +680,9 @@ def _ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, 
     rec = {
         "case": "ratio",
         "of": key,
-        "ours": {k: ours.get(k) for k in ("case", "mode", "precision", "cams", "model_px")},
+        "ours": {
+            k: ours.get(k) for k in ("case", "mode", "finetune", "batch", "precision", "cams", "model_px")
+        },
     }
     rec["lerobot_args"] = theirs.get("args")
     if "error" in ours or "error" in theirs or not theirs.get(key) or not ours.get(key):
@@ -856,7 +860,7 @@ def run_train(c: BenchTrainConfig, peak: dict[str, Any] | None) -> list[dict[str
     if not c.batch_size or any(b < 1 for b in c.batch_size):
         raise BenchError(f"--batch_size: got {c.batch_size!r}, expected positive integers")
     out = []
-    lerobot: dict[int, dict[str, Any]] = {}
+    lerobot: dict[tuple[str, int], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="smolvla-bench-") as tmp:
         preset = c.policy.preset
         ckpt = _random_checkpoint(Path(tmp) / "ckpt", preset, c.cams, c.image_size)
@@ -870,20 +874,28 @@ def run_train(c: BenchTrainConfig, peak: dict[str, Any] | None) -> list[dict[str
                     rec = _with_peak(_child("train", **spec), peak, TRAIN_PEAK[prec])
                     _emit(rec)
                     out.append(rec)
-                    # LeRobot's reference times its default: the expert alone, fp32
-                    lerobot_has = mode == "expert" and prec == "fp32" and spec["timed"]
-                    if c.compare and lerobot_has and preset == "base" and c.image_size is None:
-                        if b not in lerobot:
-                            cams = str(rec.get("cams", c.cams or 2))
-                            lr_args = ["train", "--cams", cams, "--bs", str(b), "--n-lang", str(c.lang)]
-                            lerobot[b] = lerobot_case(
-                                c.compare, Path(c.lerobot_script), lr_args, c.threads, c.runs
-                            )
-                            _emit(lerobot[b])
-                        _emit(_ratio(rec, lerobot[b], "s_per_step_median"))
+                    # LeRobot trains in fp32 (use_amp off): each of our precisions against that
+                    if c.compare and spec["timed"] and preset == "base" and c.image_size is None:
+                        if (mode, b) not in lerobot:
+                            lerobot[mode, b] = _lerobot_train(c, mode, rec.get("cams", c.cams or 2), b)
+                            _emit(lerobot[mode, b])
+                        _emit(_ratio(rec, lerobot[mode, b], "s_per_step_median"))
     for plan in memory_plan(out):
         _emit(plan)
     return out
+
+
+def _lerobot_train(c: BenchTrainConfig, mode: str, cams: int, b: int) -> dict[str, Any]:
+    """LeRobot's training step in `mode`: its reference script for expert-only (LeRobot's default),
+    bench_lerobot_modes.py (the same builder and timing, the mode set up as LeRobot does) otherwise."""
+    shape = ["--cams", str(cams), "--bs", str(b), "--n-lang", str(c.lang)]
+    if mode == "expert":
+        rec = lerobot_case(c.compare, Path(c.lerobot_script), ["train", *shape], c.threads, c.runs)
+    else:
+        script = Path(__file__).with_name("bench_lerobot_modes.py")
+        args = ["train", "--ref", str(c.lerobot_script), "--mode", mode, *shape]
+        rec = lerobot_case(c.compare, script, args, c.threads, c.runs)
+    return {**rec, "finetune": mode, "batch": b, "precision": "fp32"}
 
 
 def _default_threads() -> int:
