@@ -39,7 +39,7 @@ from smolvla.config import (
 )
 from smolvla.errors import SmolVLAError
 from smolvla.hub import ADAPTER_CONFIG, adapter_base, resolve_dir
-from smolvla.io import read_json_object, write_json
+from smolvla.io import write_json
 from smolvla.model import lora
 from smolvla.model.vla import Guidance, Observation, VLAFlowMatching
 from smolvla.processing.images import resize_with_pad
@@ -189,9 +189,8 @@ class SmolVLAPolicy(nn.Module):
     def _from_adapter(cls, folder: Path, config: SmolVLAConfig) -> SmolVLAPolicy:
         """The base checkpoint's weights under this folder's config, then the adapter on top (LeRobot's
         make_policy: the base policy, then PeftModel.from_pretrained)."""
-        spec, revision, tensors = lora.read_adapter(folder)
+        spec, base, revision, tensors = lora.read_adapter(folder)
         base_dir = adapter_base(folder)
-        base = read_json_object(folder / ADAPTER_CONFIG)["base_model_name_or_path"]
         if lora.is_adapter(base_dir):
             raise CheckpointError(
                 f"{folder / ADAPTER_CONFIG}: its base {base} is itself an adapter; merge that one "
@@ -592,11 +591,9 @@ def merge_checkpoint(adapter: str | Path, output_dir: str | Path) -> Path:
         raise CheckpointError(f"--output_dir: {out} is not empty; merge into a new folder")
     policy = SmolVLAPolicy.from_pretrained(folder, merge_adapter=True)
     policy.save_pretrained(out)
-    names = {p.name for pattern in [*PROCESSOR_FILES, "train_config.json"] for p in folder.glob(pattern)}
-    for name in sorted(names):
-        src = folder / name
-        if src.is_dir():
-            shutil.copytree(src, out / name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, out / name)
+    files = {q for pattern in [*PROCESSOR_FILES, "train_config.json"] for q in folder.glob(pattern)}
+    for src in sorted(f for f in files if f.is_file()):
+        dst = out / src.relative_to(folder)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
     return out

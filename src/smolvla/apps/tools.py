@@ -160,7 +160,9 @@ def info(path: str, as_json: bool = False, echo: bool = True) -> dict[str, Any]:
     adapter = None
     if policy.adapter is not None:
         spec = policy.adapter
-        layers = [n for n, m in policy.named_modules() if type(m).__name__ == "LoraLinear"]
+        from smolvla.model.lora import lora_layers
+
+        layers = lora_layers(policy)
         adapter = {
             "base": policy.adapter_base,
             "r": spec.r,

@@ -391,19 +391,13 @@ def is_adapter(folder: Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
-def read_adapter(folder: Path) -> tuple[LoraSpec, str | None, dict[str, torch.Tensor]]:
-    """(spec, revision of the base, tensors) of the adapter in `folder` (its base: `adapter_base`)."""
+def read_adapter(folder: Path) -> tuple[LoraSpec, str, str | None, dict[str, torch.Tensor]]:
+    """(spec, base checkpoint as named, its revision, tensors) of the adapter in `folder`; the base as a
+    folder: `smolvla.hub.adapter_base`."""
     path = Path(folder) / ADAPTER_CONFIG
     d = read_json_object(path, error=CheckpointError)
     spec = LoraSpec.from_peft(d, str(path))
     weights = Path(folder) / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{folder}: {ADAPTER_CONFIG} without {ADAPTER_WEIGHTS}")
-    return spec, d.get("revision"), read_safetensors(weights)
-
-
-def trainable_summary(model: nn.Module) -> dict[str, int]:
-    """Parameters that train and in all (a count, not bytes)."""
-    total = sum(p.numel() for p in model.parameters())
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trained, "total": total}
+    return spec, str(d.get("base_model_name_or_path")), d.get("revision"), read_safetensors(weights)
