@@ -97,12 +97,9 @@ class PeftConfig:
         if self.init_type is not None:
             init = {"true": True, "false": False}.get(str(self.init_type).lower(), self.init_type)
         names = {
-            "r": "r",
-            "lora_alpha": "lora_alpha",
-            "target_modules": "target_modules",
             "modules_to_save": "full_training_modules",
             "init_lora_weights": "init_type",
-        }
+        }  # PEFT's -> ours
         try:
             return LoraSpec(
                 r=self.r,
