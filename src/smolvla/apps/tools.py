@@ -38,10 +38,15 @@ class InfoConfig:
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    path: str | None = None  # the LoRA adapter checkpoint: a folder or hub repo id (its base is named inside)
+
+
+@dataclass(frozen=True)
 class MergeConfig:
     """Fold a LoRA adapter (smolvla's or LeRobot's) into its base: a plain checkpoint for every loader."""
 
-    policy: CheckpointRef = field(default_factory=CheckpointRef)  # the adapter checkpoint
+    policy: AdapterRef = field(default_factory=AdapterRef)
     output_dir: str | None = None  # the merged checkpoint to write (a new or empty folder)
 
 

@@ -82,7 +82,7 @@ class PeftConfig:
     full_training_modules: list[str] | None = None  # modules trained in full beside the adapters
     init_type: str | None = None  # None (PEFT's default: B zero) | gaussian | false
     r: int = 16  # the adapters' rank
-    lora_alpha: int | None = None  # scaling = lora_alpha / r; None: PEFT's default, 8
+    lora_alpha: int | None = None  # the adapters' scale is alpha over r (None: PEFT's default alpha, 8)
 
     def spec(self) -> LoraSpec:
         """The adapter these flags describe (validated there, re-raised under the flag's name)."""

@@ -1,7 +1,10 @@
 """Training checkpoints in LeRobot's layout, written so that a kill -9 never leaves a broken one.
 
-    <output_dir>/checkpoints/<step:06d>/pretrained_model/   config.json, model.safetensors,
-                                                            processor files, train_config.json
+    <output_dir>/checkpoints/<step:06d>/pretrained_model/   config.json, model.safetensors (or a LoRA
+                                                            adapter's two PEFT files), processor files,
+                                                            train_config.json
+    <output_dir>/checkpoints/<step:06d>/pretrained_model_ema/  the same, with the weights' EMA
+                                                            (--ema.enable; + ema_state.* below)
     <output_dir>/checkpoints/<step:06d>/training_state/     optimizer_state.safetensors,
                                                             optimizer_param_groups.json,
                                                             scheduler_state.json, rng_state.safetensors,
