@@ -123,9 +123,9 @@ class EMAConfig:
     decay: float | None = None  # a constant decay (e.g. 0.999) instead of the warm-up schedule
     update_after_step: int = 0  # optimizer steps during which the average copies the weights
     inv_gamma: float = 1.0  # warm-up schedule: 1 - (1 + t / inv_gamma) ** -power
-    power: float = 0.75
-    min_decay: float = 0.0
-    max_decay: float = 0.9999
+    power: float = 0.75  # warm-up schedule's exponent
+    min_decay: float = 0.0  # the schedule's decay is clamped to [min_decay, max_decay]
+    max_decay: float = 0.9999  # the longest memory: about 10,000 steps
     use_for_eval: bool = True  # evaluate the average (--env.type) instead of the trained weights
 
     def __post_init__(self) -> None:
