@@ -35,6 +35,17 @@ SIDE = Path(__file__).with_name("lerobot_peft_side.py")
 
 
 @pytest.fixture(scope="module")
+def peft_python(lerobot_python: str) -> str:
+    """LeRobot's interpreter, with PEFT (LeRobot's `peft` extra) beside it."""
+    probe = subprocess.run([lerobot_python, "-c", "import peft"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(
+            f"{lerobot_python} has no peft: pip install 'lerobot[peft]==0.6.1' (peft>=0.18,<1.0) there"
+        )
+    return lerobot_python
+
+
+@pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Any]:
     """A perturbed micro base checkpoint with processors, and the inputs both sides run."""
     root = tmp_path_factory.mktemp("peft")
@@ -102,7 +113,7 @@ def assert_same(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) 
         assert d <= tol, f"{key}: max abs difference {d:.3g} > {tol:.3g}"
 
 
-def test_lerobot_loads_our_adapter_and_gives_our_actions(setup, lerobot_python):
+def test_lerobot_loads_our_adapter_and_gives_our_actions(setup, peft_python):
     policy = SmolVLAPolicy.from_pretrained(setup["base"])
     spec = LoraSpec(r=4, lora_alpha=16, modules_to_save=("action_time_mlp_out",), init_lora_weights=False)
     wrapped = policy.add_adapter(spec, base=str(setup["base"]))
@@ -121,18 +132,18 @@ def test_lerobot_loads_our_adapter_and_gives_our_actions(setup, lerobot_python):
 
     io = setup["root"] / "to_lerobot"
     io.mkdir()
-    report = side(lerobot_python, "load", adapter, io, io=io)
+    report = side(peft_python, "load", adapter, io, io=io)
     assert report["use_peft"] is True and report["base"] == str(setup["base"])
     assert report["warnings"] == [], report["warnings"]
     assert report["lora_modules"] == sorted(wrapped)
     assert_same(ours, load_file(str(io / "outputs.safetensors")))
 
 
-def test_we_load_lerobots_adapter_and_give_its_actions(setup, lerobot_python):
+def test_we_load_lerobots_adapter_and_give_its_actions(setup, peft_python):
     adapter = setup["root"] / "lerobot_adapter"
     io = setup["root"] / "from_lerobot"
     io.mkdir()
-    report = side(lerobot_python, "make", setup["base"], adapter, io, io=io)
+    report = side(peft_python, "make", setup["base"], adapter, io, io=io)
     assert any(".lora_A." in n for n in report["trainable"])
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
     theirs = load_file(str(io / "outputs.safetensors"))
