@@ -14,35 +14,13 @@ how loading went (PEFT's warnings about missing or unexpected adapter keys inclu
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import warnings
 from pathlib import Path
 
-
-def _refuse(self, address, *args, **kwargs):
-    raise OSError(f"lerobot_peft_side.py: network access refused ({address})")
-
-
-socket.socket.connect = _refuse
-
-
-def run_cases(policy, pre, post, io: Path) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    spec = json.loads((io / "inputs.json").read_text())
-    inputs = load_file(str(io / "inputs.safetensors"))
-    out: dict[str, torch.Tensor] = {}
-    for case in spec["cases"]:
-        name = case["name"]
-        observation = {k: inputs[f"{name}/{k}"].clone() for k in case["tensor_keys"]}
-        observation["task"] = case["task"]
-        with torch.no_grad():
-            normalized = policy.predict_action_chunk(pre(observation), noise=inputs[f"{name}/noise"])
-        out[f"{name}/actions_normalized"] = normalized
-        out[f"{name}/actions"] = post(normalized)
-    save_file({k: v.detach().cpu().contiguous() for k, v in out.items()}, str(io / "outputs.safetensors"))
+# lerobot_side refuses every network connection on import; its case loop serves both scripts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lerobot_side import run_cases
 
 
 def load(adapter: Path, io: Path) -> dict:

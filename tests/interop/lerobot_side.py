@@ -45,6 +45,33 @@ class _Capture(logging.Handler):
         self.messages.append(f"{record.name}: {record.getMessage()}")
 
 
+def run_cases(policy, pre, post, io: Path) -> None:
+    """Each case of IO_DIR/inputs.* through LeRobot's preprocessor, `predict_action_chunk` with the case's
+    noise, and postprocessor, into IO_DIR/outputs.safetensors (with the preprocessed inputs beside)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    spec = json.loads((io / "inputs.json").read_text())
+    inputs = load_file(str(io / "inputs.safetensors"))
+    out: dict[str, torch.Tensor] = {}
+    for case in spec["cases"]:
+        name = case["name"]
+        observation = {k: inputs[f"{name}/{k}"].clone() for k in case["tensor_keys"]}
+        observation["task"] = case["task"]
+        batch = pre(observation)
+        with torch.no_grad():
+            normalized = policy.predict_action_chunk(batch, noise=inputs[f"{name}/noise"])
+        out[f"{name}/observation.language.tokens"] = batch["observation.language.tokens"]
+        out[f"{name}/observation.language.attention_mask"] = batch["observation.language.attention_mask"]
+        out[f"{name}/observation.state"] = batch["observation.state"]
+        for key in case["tensor_keys"]:
+            if key.startswith("observation.images."):
+                out[f"{name}/{key}"] = batch[key]
+        out[f"{name}/actions_normalized"] = normalized
+        out[f"{name}/actions"] = post(normalized)
+    save_file({k: v.detach().cpu().contiguous() for k, v in out.items()}, str(io / "outputs.safetensors"))
+
+
 def main(ckpt: Path, io: Path) -> None:
     capture = _Capture()
     logging.getLogger().addHandler(capture)
@@ -55,7 +82,7 @@ def main(ckpt: Path, io: Path) -> None:
     import transformers
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     torch.manual_seed(0)
     report: dict = {
@@ -102,26 +129,7 @@ def main(ckpt: Path, io: Path) -> None:
     post.save_pretrained(resaved)
 
     # -- the cases -------------------------------------------------------------------------------------
-    spec = json.loads((io / "inputs.json").read_text())
-    inputs = load_file(str(io / "inputs.safetensors"))
-    out: dict[str, torch.Tensor] = {}
-    for case in spec["cases"]:
-        name = case["name"]
-        observation = {k: inputs[f"{name}/{k}"].clone() for k in case["tensor_keys"]}
-        observation["task"] = case["task"]
-        noise = inputs[f"{name}/noise"]
-        batch = pre(observation)
-        normalized = policy.predict_action_chunk(batch, noise=noise)
-        actions = post(normalized)
-        out[f"{name}/observation.language.tokens"] = batch["observation.language.tokens"]
-        out[f"{name}/observation.language.attention_mask"] = batch["observation.language.attention_mask"]
-        out[f"{name}/observation.state"] = batch["observation.state"]
-        for key in case["tensor_keys"]:
-            if key.startswith("observation.images."):
-                out[f"{name}/{key}"] = batch[key]
-        out[f"{name}/actions_normalized"] = normalized
-        out[f"{name}/actions"] = actions
-    save_file({k: v.detach().cpu().contiguous() for k, v in out.items()}, str(io / "outputs.safetensors"))
+    run_cases(policy, pre, post, io)
 
     report["network_attempts"] = _CONNECTIONS
     report["all_warnings"] = capture.messages

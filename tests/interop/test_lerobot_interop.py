@@ -162,25 +162,21 @@ def run_lerobot(python: str, ckpt: Path, io: Path, home: Path) -> dict[str, Any]
     return json.loads((io / "report.json").read_text())
 
 
-def build(root: Path, variant: str) -> dict[str, Any]:
-    """Our checkpoint (policy + processor files) in `root/checkpoint`, the inputs for LeRobot in `root/io`,
-    and our own outputs on those inputs (from the in-memory policy and processors that were saved)."""
-    backbone = make_backbone_dir(root / "backbone")
-    cfg = preset("micro").override(vlm_model_name=str(backbone), **VARIANTS[variant])
-
+def write_checkpoint(folder: Path, cfg: SmolVLAConfig) -> tuple[SmolVLAPolicy, Any, Any]:
+    """A perturbed policy of `cfg` (seed 0) with processors of STATS, saved in `folder`."""
     torch.manual_seed(0)
     policy = SmolVLAPolicy.from_config(cfg).eval()
     perturb_(policy, seed=1)
     pre, post = make_pre_post_processors(cfg, dataset_stats=STATS)
+    policy.save_pretrained(folder)
+    pre.save(folder)
+    post.save(folder)
+    return policy, pre, post
 
-    ckpt = root / "checkpoint"
-    policy.save_pretrained(ckpt)
-    pre.save(ckpt)
-    post.save(ckpt)
 
-    observations, noises = make_inputs(cfg, seed=2)
-    io = root / "io"
-    io.mkdir()
+def write_inputs(io: Path, observations: dict[str, dict[str, Any]], noises: dict[str, torch.Tensor]) -> None:
+    """The cases as LeRobot's side reads them: io/inputs.safetensors (tensors, noise) and inputs.json."""
+    io.mkdir(parents=True)
     tensors = {f"{c}/noise": n for c, n in noises.items()}
     spec = []
     for c, obs in observations.items():
@@ -189,6 +185,19 @@ def build(root: Path, variant: str) -> dict[str, Any]:
         spec.append({"name": c, "task": obs["task"], "tensor_keys": keys})
     save_file(tensors, str(io / "inputs.safetensors"))
     (io / "inputs.json").write_text(json.dumps({"cases": spec}, indent=2))
+
+
+def build(root: Path, variant: str) -> dict[str, Any]:
+    """Our checkpoint (policy + processor files) in `root/checkpoint`, the inputs for LeRobot in `root/io`,
+    and our own outputs on those inputs (from the in-memory policy and processors that were saved)."""
+    backbone = make_backbone_dir(root / "backbone")
+    cfg = preset("micro").override(vlm_model_name=str(backbone), **VARIANTS[variant])
+
+    ckpt = root / "checkpoint"
+    policy, pre, post = write_checkpoint(ckpt, cfg)
+    observations, noises = make_inputs(cfg, seed=2)
+    io = root / "io"
+    write_inputs(io, observations, noises)
 
     ours: dict[str, torch.Tensor] = {}
     for c, obs in observations.items():
