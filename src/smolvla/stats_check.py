@@ -102,3 +102,20 @@ def validate_stats(
                     f"{where}[{feat!r}]: {lo} > {hi} at index {i} ({a.reshape(-1)[i]:.6g} > "
                     f"{b.reshape(-1)[i]:.6g}); {lo} {_fmt(a)}, {hi} {_fmt(b)}, expected {lo} <= {hi}"
                 )
+
+
+def stats_range(stats: dict[str, Any] | None, n: int) -> dict[str, list[float]] | None:
+    """{"min", "max"} per dimension from a feature's normalization stats (the dataset's), or None when
+    the stats carry no finite min/max of width `n`: what a robot client bounds the actions with."""
+    if not isinstance(stats, Mapping) or "min" not in stats or "max" not in stats:
+        return None
+    try:
+        lo = np.asarray(stats["min"], np.float64).reshape(-1)
+        hi = np.asarray(stats["max"], np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    if lo.shape != (n,) or hi.shape != (n,) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        return None
+    if np.any(lo > hi):
+        return None
+    return {"min": lo.tolist(), "max": hi.tolist()}

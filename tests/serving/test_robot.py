@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from smolvla.serving.client import PolicyClient, RobotClient, RobotClientConfig
+from smolvla.serving.mapping import PolicyFeatures, RobotFeatures, check_mapping
 from smolvla.serving.robot import MetaWorldRobot, Robot
+from smolvla.serving.safety import ActionGuard
 from smolvla.serving.server import InferenceEngine, PolicyServer, ServerConfig, ServerThread
+from smolvla.serving.session import MappedRobot
 
 pytest.importorskip("metaworld")
 
@@ -25,16 +28,23 @@ def robot():
 
 
 def test_metaworld_robot_is_a_robot(robot):
-    assert isinstance(robot, Robot) and robot.action_dim == 4
+    assert isinstance(robot, Robot)
+    assert robot.observation_features == {
+        "hand_x": float,
+        "hand_y": float,
+        "hand_z": float,
+        "gripper": float,
+        "camera1": (64, 64, 3),
+    }
+    assert list(robot.action_features) == ["dx", "dy", "dz", "grip"]
     robot.reset(seed=1_000_000)
     obs = robot.get_observation()
-    assert set(obs) == {"observation.images.camera1", "observation.state"}
-    assert obs["observation.images.camera1"].shape == (64, 64, 3)
-    assert obs["observation.images.camera1"].dtype == np.uint8
-    assert obs["observation.state"].shape == (4,) and obs["observation.state"].dtype == np.float32
-    sent = robot.send_action(np.array([5.0, 0.0, 0.0, 0.0]))
-    assert sent.tolist() == [1.0, 0.0, 0.0, 0.0] and robot.steps == 1  # clipped as the env does
-    assert not np.array_equal(robot.get_observation()["observation.state"], obs["observation.state"])
+    assert set(obs) == set(robot.observation_features)
+    assert obs["camera1"].shape == (64, 64, 3) and obs["camera1"].dtype == np.uint8
+    assert all(isinstance(obs[k], float) for k in ("hand_x", "hand_y", "hand_z", "gripper"))
+    sent = robot.send_action({"dx": 5.0, "dy": 0.0, "dz": 0.0, "grip": 0.0})
+    assert sent == {"dx": 1.0, "dy": 0.0, "dz": 0.0, "grip": 0.0} and robot.steps == 1  # clipped as the env
+    assert robot.get_observation()["hand_x"] != obs["hand_x"]
     assert "drawer" in robot.instruction
 
 
@@ -47,7 +57,8 @@ def test_client_drives_the_simulated_robot_through_the_server(robot, tiny_ckpt, 
     with ServerThread(PolicyServer(engine, ServerConfig(port=0))) as st, PolicyClient(st.url) as policy:
         robot.reset(seed=1_000_000)
         config = RobotClientConfig(task=robot.instruction, fps=200, mode=mode, similarity_atol=0)
-        client = RobotClient(robot, policy, config)
+        mapping = check_mapping(RobotFeatures.of(robot), PolicyFeatures.from_metadata(policy.metadata), {})
+        client = RobotClient(MappedRobot(robot, mapping, ActionGuard(mapping.robot.action)), policy, config)
         client.reset()
         with client:
             stats = client.run(max_ticks=200, done=lambda: robot.done)

@@ -41,8 +41,11 @@ from smolvla.serving.client import (
     RobotClient,
     RobotClientConfig,
 )
+from smolvla.serving.mapping import PolicyFeatures, RobotFeatures, check_mapping
 from smolvla.serving.robot import MetaWorldRobot
+from smolvla.serving.safety import ActionGuard
 from smolvla.serving.server import ServePolicyConfig
+from smolvla.serving.session import MappedRobot
 
 VARIANTS = ("sync", "async", "async+rtc")
 
@@ -108,7 +111,9 @@ def run_episode(
     robot: MetaWorldRobot, policy: PolicyClient, config: RobotClientConfig, seed: int, frames: list | None
 ) -> dict[str, Any]:
     robot.reset(seed)
-    client = RobotClient(robot, policy, config)
+    mapping = check_mapping(RobotFeatures.of(robot), PolicyFeatures.from_metadata(policy.metadata), {})
+    # the simulator clips to [-1, 1] itself; no step or joint limits, as in evaluation
+    client = RobotClient(MappedRobot(robot, mapping, ActionGuard(mapping.robot.action)), policy, config)
     client.reset()
     ticks = robot.max_episode_steps * 4  # the robot may wait; the env truncates at max_episode_steps
     t0 = time.monotonic()

@@ -6,7 +6,10 @@ rewrites make LeRobot's habits and older spellings work:
 
 - a deprecated spelling (the command's rename table) becomes the new one, with one line on stderr;
 - a list flag takes space-separated values (`--mode fp32 bf16`) or one value (`--cams=2`);
-- with a `policy.overrides` field, `--policy.<SmolVLA config field>=value` lands in it.
+- with a `policy.overrides` field, `--policy.<SmolVLA config field>=value` lands in it;
+- a pass-through group (a `dict[str, str]` field marked `passthrough_flags()`) takes every
+  `--<group>.<name>=value` as a raw string, for another library's config classes to parse (the robot
+  client's `--robot.*`, parsed by LeRobot's own `RobotConfig` through draccus).
 
 Unknown flags are refused here, naming the closest known one, so draccus only sees flags it knows.
 """
@@ -59,6 +62,18 @@ def flag_types(cls: type, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+PASSTHROUGH = "smolvla_passthrough"
+
+
+def passthrough_flags(help_: str = "") -> Any:
+    """A `dict[str, str]` field taking every `--<field>.<name>=value` as a raw string (see the module doc)."""
+    return dataclasses.field(default_factory=dict, metadata={PASSTHROUGH: True, "help": help_})
+
+
+def _passthrough_groups(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get(PASSTHROUGH)}
+
+
 def _is_list(tp: Any) -> bool:
     return typing.get_origin(tp) in (list, tuple) or tp in (list, tuple)
 
@@ -94,6 +109,8 @@ def normalize(argv: list[str], cls: type, command: str) -> list[str]:
     overrides_flag = "policy.overrides" if "policy.overrides" in types_ else None
     policy_fields = _policy_fields() if overrides_flag else []
     known = [*types_, "config_path"]
+    groups = _passthrough_groups(cls)
+    passed: dict[str, dict[str, str]] = {g: {} for g in groups}
     out: list[str] = []
     overrides: dict[str, str] = {}
     i = 0
@@ -107,7 +124,14 @@ def normalize(argv: list[str], cls: type, command: str) -> list[str]:
         while i < len(argv) and not argv[i].startswith("--"):
             values.append(argv[i])
             i += 1
-        if name in types_ or name == "config_path":
+        group, dot, sub = name.partition(".")
+        if group in groups and dot and sub:
+            if len(values) != 1:
+                raise UsageError(f"--{name}: expected one value: --{name}=VALUE")
+            passed[group][sub] = values[0]
+        elif name in groups:
+            raise UsageError(f"--{name}: give its fields one by one, as --{name}.<field>=VALUE")
+        elif name in types_ or name == "config_path":
             tp = types_.get(name, str)
             if _is_list(tp):
                 one = values[0] if len(values) == 1 else None
@@ -134,6 +158,7 @@ def normalize(argv: list[str], cls: type, command: str) -> list[str]:
             raise UsageError(f"unknown flag --{name}{hint}; see `smolvla {command} --help`")
     if overrides:
         out.append(f"--{overrides_flag}={json.dumps(overrides)}")
+    out.extend(f"--{g}={json.dumps(v)}" for g, v in passed.items() if v)
     return out
 
 

@@ -46,6 +46,7 @@ from smolvla.runtime.exported import (
     available_backends,
     openvino_int8_ready,
 )
+from smolvla.stats_check import stats_range
 
 FP32_TOLERANCE = 1e-4  # max |torch fp32 - exported fp32| over a chunk of normalized actions
 
@@ -100,6 +101,11 @@ def _affine(fn: Callable[[torch.Tensor], torch.Tensor], n: int) -> dict[str, lis
     return {"scale": (one - zero)[0].tolist(), "offset": zero[0].tolist()}
 
 
+def _action_range(post: PolicyPostprocessor, n: int) -> dict[str, list[float]] | None:
+    stats = post.normalizer.stats.get(ACTION)
+    return None if stats is None else stats_range({k: v.double().numpy() for k, v in stats.items()}, n)
+
+
 def _metadata(
     policy: SmolVLAPolicy,
     pre: PolicyPreprocessor,
@@ -146,6 +152,8 @@ def _metadata(
         },
         "rename_map": pre.rename_map,
         "normalization": norm,
+        # the dataset's action min/max: the bounds a robot client enforces (None without such stats)
+        "action_range": _action_range(post, cfg.action_feature.shape[0]),
         "graphs": {},
         "versions": {
             "smolvla": smolvla.__version__,

@@ -29,6 +29,7 @@ from smolvla.errors import MissingFileError, SmolVLAError
 from smolvla.flow import euler
 from smolvla.io import read_json_object
 from smolvla.processing.tokenizer import LanguageTokenizer
+from smolvla.stats_check import stats_range
 
 EXPORT_FILE = "smolvla_export.json"
 FORMAT = "smolvla-onnx"
@@ -379,6 +380,10 @@ class ExportedPolicy:
         scale, offset = self._state_norm
         n = (self.state_dim,)
         return {"offset": np.broadcast_to(offset, n).tolist(), "scale": np.broadcast_to(scale, n).tolist()}
+
+    def action_range(self) -> dict[str, list[float]] | None:
+        """The dataset's action min/max as exported (None for exports made before it was written)."""
+        return stats_range(self.meta.get("action_range"), self.action_dim)
 
 
 def _affine(entry: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:

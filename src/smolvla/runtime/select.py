@@ -37,6 +37,7 @@ from smolvla.runtime.exported import (
     ExportedPolicy,
     available_backends,
 )
+from smolvla.stats_check import stats_range
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -48,6 +49,7 @@ class Predictor(Protocol):
 
     backend: str
     precision: str
+    device: str
     chunk_size: int
     n_action_steps: int
     action_dim: int
@@ -70,6 +72,8 @@ class Predictor(Protocol):
 
     def state_normalization(self) -> dict[str, list[float]] | None: ...
 
+    def action_range(self) -> dict[str, list[float]] | None: ...
+
 
 class TorchPredictor:
     """A `SmolVLAPolicy` with its processors behind the `Predictor` calls."""
@@ -87,6 +91,7 @@ class TorchPredictor:
         self.empty_cameras = cfg.empty_cameras
         self.num_steps = num_steps or cfg.num_steps
         self.max_action_dim = cfg.max_action_dim
+        self.device = str(next(policy.parameters()).device)
 
     def preprocess(self, observation: dict[str, Any]) -> dict[str, Any]:
         """A raw observation (numpy frames uint8 [H, W, 3] or float [3, H, W], state, task) -> batch."""
@@ -155,6 +160,13 @@ class TorchPredictor:
         zero = norm.normalize({"observation.state": torch.zeros(1, n)})["observation.state"][0]
         one = norm.normalize({"observation.state": torch.ones(1, n)})["observation.state"][0]
         return {"offset": zero.tolist(), "scale": (one - zero).tolist()}
+
+    def action_range(self) -> dict[str, list[float]] | None:
+        """The dataset's per-dimension action min/max, from the checkpoint's stats."""
+        stats = self.post.normalizer.stats.get("action")
+        if stats is None:
+            return None
+        return stats_range({k: v.detach().cpu().double().numpy() for k, v in stats.items()}, self.action_dim)
 
 
 # --------------------------------------------------------------------------------------------------

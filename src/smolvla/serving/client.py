@@ -25,12 +25,17 @@ computed for. Here the observation taken after executing step k is tagged k + 1,
 and action 0 runs when it is due. The image fix is on the server: frames are letterboxed as in training,
 never squashed (see `smolvla.serving.server`); this client sends them at native resolution.
 
+A deadline (`server_timeout_s`): an observation unanswered that long means the server is late; the queue
+(planned before it) is dropped, the robot gets nothing until a fresh answer (it holds its last goal), and
+the late answer is discarded when it comes. A broken connection raises `ServerUnreachable`.
+
 `mode="sync"` is the synchronous baseline: when the queue is empty, the robot waits for a chunk and
 executes its first `n_action_steps` actions (as `SmolVLAPolicy.select_action` does).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -40,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import websockets.exceptions
 import websockets.sync.client
 
 from smolvla.config import ConfigError
@@ -54,6 +60,7 @@ from smolvla.serving.protocol import (
     unpackb,
 )
 
+log = logging.getLogger("smolvla.robot")
 AggregateFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 AGGREGATE_FUNCTIONS: dict[str, AggregateFn] = {
     "weighted_average": lambda old, new: 0.3 * old + 0.7 * new,
@@ -66,6 +73,25 @@ MODES = ("async", "sync")
 
 class ServerError(SmolVLAError, RuntimeError):
     """The server answered with an error (a text frame): the message says what it refused."""
+
+
+class ServerUnreachable(ServerError):
+    """The connection to the server broke (or could not be made): nothing it sent can be trusted to come."""
+
+
+def unreachable(e: BaseException) -> bool:
+    """Whether an error means the server cannot be reached now (worth reconnecting), not a refusal."""
+    return isinstance(
+        e,
+        (
+            ServerUnreachable,
+            OSError,
+            TimeoutError,
+            EOFError,
+            websockets.exceptions.ConnectionClosed,
+            websockets.exceptions.InvalidMessage,
+        ),
+    )
 
 
 class Policy(Protocol):
@@ -156,6 +182,7 @@ class RobotClientConfig:
     similarity_atol: float = 0.01
     actions_per_chunk: int | None = None
     mode: str = "async"
+    server_timeout_s: float | None = None  # None: wait as long as it takes
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str):
@@ -181,6 +208,10 @@ class RobotClientConfig:
             )
         if self.mode not in MODES:
             raise ConfigError(f"mode: got {self.mode!r}, expected one of {list(MODES)}")
+        if self.server_timeout_s is not None and not (
+            isinstance(self.server_timeout_s, (int, float)) and 0 < self.server_timeout_s < math.inf
+        ):
+            raise ConfigError(f"server_timeout_s: got {self.server_timeout_s!r}, expected seconds > 0")
 
 
 class RobotLike(Protocol):
@@ -199,6 +230,8 @@ class ClientStats:
     chunks: int = 0
     dropped_stale: int = 0  # incoming actions for steps already executed
     aggregated: int = 0  # incoming actions merged with a queued one
+    late_discarded: int = 0  # answers that came after the deadline, dropped
+    holds: int = 0  # times the deadline passed and the robot held
     latencies_s: list[float] = field(default_factory=list)  # observation sent -> chunk merged
     log: list[TimedAction] = field(default_factory=list)  # what the robot executed, in order
 
@@ -224,6 +257,8 @@ class RobotClient:
         self._chunk_size = -1  # the largest chunk received so far (LeRobot's action_chunk_size)
         self._pending: tuple[dict[str, Any], int, float] | None = None
         self._inflight = False
+        self._inflight_since = 0.0
+        self._abandoned = False  # the in-flight request passed its deadline: its answer is dropped
         self._error: BaseException | None = None
         self._last_sent_state: np.ndarray | None = None
         self._last_sent_timestep: int | None = None
@@ -272,11 +307,30 @@ class RobotClient:
                     self._error, self._inflight = e, False
                 return
 
+    def _raise_error(self) -> None:
+        e = self._error
+        if e is None:
+            return
+        if isinstance(e, ServerError):
+            raise e
+        cls = ServerUnreachable if unreachable(e) else ServerError
+        raise cls(f"{type(e).__name__}: {e}") from e
+
     def _merge(self, reply: dict[str, Any], timestep: int, sent_at: float) -> None:
         echoed = reply.get("timestep", timestep)
         if echoed != timestep:  # the answer to another observation: merging it would misplace actions
             raise ServerError(f"answer for timestep {echoed!r}, expected the one sent, {timestep}")
         actions = self._actions(reply)
+        with self._lock:
+            if self._abandoned:  # computed from an observation older than the deadline: not executed
+                self._abandoned, self._inflight = False, False
+                self.stats.late_discarded += 1
+                log.warning(
+                    "server: the answer to timestep %d came after %.2f s, past the deadline; dropped",
+                    timestep,
+                    time.monotonic() - sent_at,
+                )
+                return
         if actions.shape[0] > 0:
             self._chunk_size = max(self._chunk_size, actions.shape[0])
         with self._lock:
@@ -336,10 +390,10 @@ class RobotClient:
     def tick(self) -> TimedAction | None:
         """One control step: execute the next queued action (if any), then maybe send an observation.
         Returns the executed action."""
-        if self._error is not None:
-            raise ServerError(str(self._error)) from self._error
+        self._raise_error()
         if self.config.mode == "sync":
             return self._tick_sync()
+        self._check_deadline()
         with self._lock:
             action = self._queue.popleft() if self._queue else None
             if action is not None:
@@ -375,19 +429,57 @@ class RobotClient:
         self._last_sent_state, self._last_sent_timestep = state, timestep
         request = self._request(obs, timestep)
         with self._wake:
-            self._inflight = True
-            self._pending = (request, timestep, time.monotonic())
+            self._inflight, self._inflight_since = True, time.monotonic()
+            self._pending = (request, timestep, self._inflight_since)
             self._wake.notify_all()
         self.stats.observations_sent += 1
         return action
+
+    def _check_deadline(self) -> None:
+        timeout = self.config.server_timeout_s
+        with self._lock:
+            late = (
+                timeout is not None
+                and self._inflight
+                and not self._abandoned
+                and time.monotonic() - self._inflight_since > timeout
+            )
+            if not late:
+                return
+            self._abandoned = True
+            dropped = len(self._queue)
+            self._queue.clear()
+            self.stats.holds += 1
+        log.warning(
+            "server: no answer within %.2f s (--safety.server_timeout_s); holding position, %d queued "
+            "actions dropped, waiting for a fresh answer",
+            timeout,
+            dropped,
+        )
+
+    def queue_size(self) -> int:
+        with self._lock:
+            return len(self._queue)
 
     def _tick_sync(self) -> TimedAction | None:
         self.stats.ticks += 1
         if not self._queue:
             timestep = self._latest + 1
             sent_at = time.monotonic()
-            reply = self.policy.infer(self._request(self.robot.get_observation(), timestep))
+            try:
+                reply = self.policy.infer(self._request(self.robot.get_observation(), timestep))
+            except ServerError:
+                raise
+            except BaseException as e:
+                if not unreachable(e):
+                    raise
+                raise ServerUnreachable(f"{type(e).__name__}: {e}") from e
             self.stats.observations_sent += 1
+            timeout = self.config.server_timeout_s
+            if timeout is not None and time.monotonic() - sent_at > timeout:
+                with self._lock:
+                    self._abandoned = True  # dropped by _merge; the next tick asks again
+                self.stats.holds += 1
             self._merge(reply, timestep, sent_at)
         if not self._queue:
             self.stats.idle_ticks += 1
@@ -404,6 +496,7 @@ class RobotClient:
         with self._lock:
             if self._inflight:
                 raise RuntimeError("reset: a request is in flight; call it between episodes")
+            self._abandoned = False
             self._queue.clear()
             self._latest, self._chunk_size = -1, -1
             self._last_sent_state = self._last_sent_timestep = None

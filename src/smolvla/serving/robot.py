@@ -1,95 +1,100 @@
-"""Robots and cameras as the robot client sees them, and the one robot that runs here: Meta-World.
+"""Robots as the robot client sees them: LeRobot's `Robot` API, and the one robot that runs here, Meta-World.
 
-A physical arm comes as a plugin implementing `Robot` (and its cameras `Camera`): observations under
-the policy's feature names (`observation.images.<cam>` uint8 H x W x 3 frames at native resolution,
-`observation.state` float32), actions as float32 arrays. No torch here: this runs on the robot side.
+The API is LeRobot's, so any robot LeRobot drives (`make_robot_from_config`: SO-100/101, Koch, LeKiwi,
+third-party `lerobot_robot_*` plugins) is driven as it is, and a plugin written for another arm against
+`Robot` below works in LeRobot too:
+
+- `observation_features`: `{"<motor>.pos": float, ..., "<camera>": (H, W, 3)}`, known before `connect()`;
+  the float features, in this order, are `observation.state` (LeRobot's `hw_to_dataset_features`);
+- `action_features`: `{"<motor>.pos": float, ...}`, the action vector's order;
+- `get_observation()` -> those keys (floats, uint8 H x W x 3 RGB frames);
+- `send_action({name: float})` -> what was actually sent (a driver may clip it).
+
+`smolvla.serving.mapping` turns these into the policy's observation and back. No torch here: this runs on
+the robot's computer.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from smolvla.serving.protocol import STATE_KEY
-
-
-class Camera(Protocol):
-    """A camera: `read()` gives the latest frame, uint8 H x W x 3 (RGB)."""
-
-    def read(self) -> np.ndarray: ...
-
 
 class Robot(ABC):
-    """The robot interface of the client. `cameras` maps policy camera keys to cameras."""
+    """LeRobot's robot interface, without LeRobot. Subclass it for an arm LeRobot has no driver for."""
 
-    cameras: dict[str, Camera]
+    name: str = "robot"
 
     @property
     @abstractmethod
-    def action_dim(self) -> int: ...
+    def observation_features(self) -> dict[str, type | tuple[int, ...]]:
+        """`{"<joint>": float, "<camera>": (H, W, 3)}`; floats in `observation.state`'s order."""
+
+    @property
+    @abstractmethod
+    def action_features(self) -> dict[str, type]:
+        """`{"<joint>": float}` in the action vector's order."""
+
+    @property
+    @abstractmethod
+    def is_connected(self) -> bool: ...
 
     @abstractmethod
-    def connect(self) -> None: ...
+    def connect(self, calibrate: bool = True) -> None: ...
+
+    @abstractmethod
+    def get_observation(self) -> dict[str, Any]:
+        """Every observation feature: floats for joints, uint8 (H, W, 3) RGB frames for cameras."""
+
+    @abstractmethod
+    def send_action(self, action: dict[str, float]) -> dict[str, float]:
+        """Moves toward `action` (every action feature); returns what was sent (e.g. after clipping)."""
 
     @abstractmethod
     def disconnect(self) -> None: ...
-
-    @abstractmethod
-    def read_state(self) -> np.ndarray:
-        """The proprioceptive state (float32)."""
-
-    @abstractmethod
-    def send_action(self, action: np.ndarray) -> np.ndarray:
-        """Executes one action; returns what was actually sent (e.g. after clipping)."""
-
-    def get_observation(self) -> dict[str, np.ndarray]:
-        obs: dict[str, np.ndarray] = {key: cam.read() for key, cam in self.cameras.items()}
-        obs[STATE_KEY] = np.asarray(self.read_state(), dtype=np.float32)
-        return obs
 
     def __enter__(self) -> Robot:
         self.connect()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.disconnect()
-
-
-class _SimCamera:
-    def __init__(self, robot: MetaWorldRobot) -> None:
-        self._robot = robot
-
-    def read(self) -> np.ndarray:
-        return self._robot.env.render()
+        if self.is_connected:
+            self.disconnect()
 
 
 class MetaWorldRobot(Robot):
     """A Meta-World task as a robot: one `send_action` is one env step; the episode's outcome is in
-    `success`, `done` and `steps`. `camera_key` is the policy's camera the env's camera feeds."""
+    `success`, `done` and `steps`. Its features are named as in `smolvla record metaworld`'s datasets
+    (state `hand_x hand_y hand_z gripper`, action `dx dy dz grip`, camera `camera1`)."""
 
-    def __init__(
-        self,
-        task: str,
-        image_size: int = 64,
-        max_episode_steps: int = 400,
-        camera_key: str = "observation.images.camera1",
-    ) -> None:
+    name = "metaworld"
+    STATE = ("hand_x", "hand_y", "hand_z", "gripper")
+    ACTION = ("dx", "dy", "dz", "grip")
+    CAMERA = "camera1"
+
+    def __init__(self, task: str, image_size: int = 64, max_episode_steps: int = 400) -> None:
         self.task_name = task
         self.image_size = image_size
         self.max_episode_steps = max_episode_steps
-        self.camera_key = camera_key
         self.env: Any = None
-        self.cameras = {camera_key: _SimCamera(self)}
         self._obs: dict[str, np.ndarray] | None = None
         self.success = False
         self.done = False
         self.steps = 0
 
     @property
-    def action_dim(self) -> int:
-        return 4
+    def observation_features(self) -> dict[str, type | tuple[int, ...]]:
+        return {**dict.fromkeys(self.STATE, float), self.CAMERA: (self.image_size, self.image_size, 3)}
+
+    @property
+    def action_features(self) -> dict[str, type]:
+        return dict.fromkeys(self.ACTION, float)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.env is not None
 
     @property
     def instruction(self) -> str:
@@ -97,7 +102,7 @@ class MetaWorldRobot(Robot):
 
         return INSTRUCTIONS[self.task_name]
 
-    def connect(self) -> None:
+    def connect(self, calibrate: bool = True) -> None:
         if self.env is None:
             from smolvla.envs.metaworld import MetaWorldEnv
 
@@ -116,19 +121,23 @@ class MetaWorldRobot(Robot):
         self.success = self.done = False
         self.steps = 0
 
-    def read_state(self) -> np.ndarray:
+    def get_observation(self) -> dict[str, Any]:
         if self._obs is None:
-            raise RuntimeError("read_state: call reset(seed) first")
+            raise RuntimeError("get_observation: call reset(seed) first")
         from smolvla.envs.metaworld import STATE
 
-        return self._obs[STATE]
+        state = self._obs[STATE]
+        return {
+            **{k: float(v) for k, v in zip(self.STATE, state, strict=True)},
+            self.CAMERA: self.env.render(),
+        }
 
-    def send_action(self, action: np.ndarray) -> np.ndarray:
+    def send_action(self, action: dict[str, float]) -> dict[str, float]:
         if self.done:  # the episode is over; a real robot would hold still
-            return np.zeros(4, np.float32)
-        a = np.clip(np.asarray(action, dtype=np.float32).reshape(4), -1.0, 1.0)
+            return dict.fromkeys(self.ACTION, 0.0)
+        a = np.clip(np.array([action[k] for k in self.ACTION], np.float32), -1.0, 1.0)
         self._obs, _, terminated, truncated, info = self.env.step(a)
         self.steps += 1
         self.success = self.success or bool(info["success"])
         self.done = terminated or truncated
-        return a
+        return {k: float(v) for k, v in zip(self.ACTION, a, strict=True)}

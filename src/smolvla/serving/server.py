@@ -96,6 +96,7 @@ class InferenceEngine:
                 "--policy.inference_mode=bf16 or fp32"
             )
         self.predictor = predictor
+        self.policy_path: str | None = None  # what --policy.path named, for clients to check against
         self.rtc = rtc
         self.latency = float(latency)
         self.spec = ObservationSpec(
@@ -128,7 +129,9 @@ class InferenceEngine:
         predictor = load_policy(
             path, backend, inference_mode, device=device, num_steps=num_steps, threads=threads, log=log.info
         )
-        return cls(predictor, **kwargs)
+        engine = cls(predictor, **kwargs)
+        engine.policy_path = str(path)
+        return engine
 
     def metadata(self) -> dict[str, Any]:
         p = self.predictor
@@ -144,6 +147,10 @@ class InferenceEngine:
             "camera_shapes": {k: list(v) for k, v in p.cameras.items()},
             "observation": self.spec.to_metadata(),
             "state_normalization": p.state_normalization(),
+            # the dataset's action min/max (None without such stats): a robot client's joint limits
+            "action_range": p.action_range(),
+            "device": p.device,
+            "policy_path": self.policy_path,
             "rtc": None
             if self.rtc is None
             else {
