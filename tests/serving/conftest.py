@@ -45,3 +45,44 @@ def server(micro_engine) -> Iterator:
 
     with ServerThread(PolicyServer(micro_engine, ServerConfig(port=0, idle_timeout=5.0))) as st:
         yield st
+
+
+# An SO-101-shaped policy (6 joints, two 24x32 cameras) with a dataset's stats in degrees: what the
+# robot-client tests drive the fake arm with. Joint ranges differ per joint, so limits are per joint.
+ARM_MIN = [-60.0, -50.0, -40.0, -30.0, -90.0, 0.0]
+ARM_MAX = [60.0, 50.0, 40.0, 30.0, 90.0, 100.0]
+
+
+def save_arm_checkpoint(folder: Path, chunk_size: int = 10) -> Path:
+    import dataclasses
+
+    from smolvla.config import FeatureType, PolicyFeature, preset
+    from smolvla.policy import SmolVLAPolicy
+    from smolvla.processing import make_pre_post_processors
+
+    cfg = dataclasses.replace(
+        preset("micro"),
+        input_features={
+            "observation.images.camera1": PolicyFeature(FeatureType.VISUAL, (3, 24, 32)),
+            "observation.images.camera2": PolicyFeature(FeatureType.VISUAL, (3, 24, 32)),
+            "observation.state": PolicyFeature(FeatureType.STATE, (6,)),
+        },
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (6,))},
+        max_state_dim=8,
+        max_action_dim=8,
+        chunk_size=chunk_size,
+        n_action_steps=chunk_size,
+    )
+    torch.manual_seed(0)
+    SmolVLAPolicy.from_config(cfg).save_pretrained(folder)
+    mid = [(a + b) / 2 for a, b in zip(ARM_MIN, ARM_MAX, strict=True)]
+    joint = {"mean": mid, "std": [30.0] * 6, "min": ARM_MIN, "max": ARM_MAX}
+    pre, post = make_pre_post_processors(cfg, dataset_stats={"observation.state": joint, "action": joint})
+    pre.save(folder)
+    post.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def arm_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_arm_checkpoint(tmp_path_factory.mktemp("arm_ckpt"))

@@ -38,7 +38,8 @@ class Command:
     positional: str | None = None  # the flag a former positional argument (`info DIR`) now is
     # argv rewriting after renames and before draccus, for what flags alone cannot say (train's resume)
     prepare: Callable[[list[str]], list[str]] | None = None
-    epilog: str = ""
+    # notes after the flags in --help; a function of argv when they depend on it (robot-client's --robot.type)
+    epilog: str | Callable[[list[str]], str] = ""
 
     def sub(self, name: str) -> Command:
         for c in self.subcommands:
@@ -108,7 +109,16 @@ def _run_record(cfg: Any) -> None:
 
 def commands() -> tuple[Command, ...]:
     """The registry. Configs are imported here, not at module import, so `smolvla --help` is quick."""
-    from smolvla.apps import bench, bench_data, bench_serving, bench_sim, deploy, quickstart, tools
+    from smolvla.apps import (
+        bench,
+        bench_data,
+        bench_serving,
+        bench_sim,
+        deploy,
+        quickstart,
+        robot_client,
+        tools,
+    )
     from smolvla.envs.record import RecordPipelineConfig
     from smolvla.eval.metaworld import EvalPipelineConfig
     from smolvla.runtime.export import ExportPipelineConfig
@@ -278,6 +288,13 @@ def commands() -> tuple[Command, ...]:
             ),
         ),
         Command(
+            "robot-client",
+            "drive a robot (LeRobot's drivers: SO-100/101, Koch, ...) with a policy server, LeRobot's flags",
+            robot_client.RobotClientCommandConfig,
+            robot_client.run,
+            epilog=robot_client.robot_help,
+        ),
+        Command(
             "info",
             "describe a checkpoint or an export; --speed=true: what auto picks here",
             tools.InfoConfig,
@@ -363,7 +380,7 @@ def help_text(argv: list[str]) -> str:
             lines
         )
     assert cmd.config is not None
-    notes = cmd.epilog
+    notes = cmd.epilog(argv) if callable(cmd.epilog) else cmd.epilog
     if cmd.renames or cmd.positional:
         old = [f"{k} -> {v}" for k, v in cmd.renames.items() if k != v]
         if cmd.positional:

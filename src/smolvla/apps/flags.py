@@ -7,7 +7,7 @@ rewrites make LeRobot's habits and older spellings work:
 - a deprecated spelling (the command's rename table) becomes the new one, with one line on stderr;
 - a list flag takes space-separated values (`--mode fp32 bf16`) or one value (`--cams=2`);
 - with a `policy.overrides` field, `--policy.<SmolVLA config field>=value` lands in it;
-- a pass-through group (a `dict[str, str]` field marked `passthrough_flags()`) takes every
+- a pass-through group (a `dict[str, Any]` field with `metadata=PASSTHROUGH_FLAGS`) takes every
   `--<group>.<name>=value` as a raw string, for another library's config classes to parse (the robot
   client's `--robot.*`, parsed by LeRobot's own `RobotConfig` through draccus).
 
@@ -65,9 +65,8 @@ def flag_types(cls: type, prefix: str = "") -> dict[str, Any]:
 PASSTHROUGH = "smolvla_passthrough"
 
 
-def passthrough_flags(help_: str = "") -> Any:
-    """A `dict[str, str]` field taking every `--<field>.<name>=value` as a raw string (see the module doc)."""
-    return dataclasses.field(default_factory=dict, metadata={PASSTHROUGH: True, "help": help_})
+# The metadata of a `dict[str, Any]` field taking every `--<field>.<name>=value` as a raw string
+PASSTHROUGH_FLAGS = types.MappingProxyType({PASSTHROUGH: True})
 
 
 def _passthrough_groups(cls: type) -> set[str]:

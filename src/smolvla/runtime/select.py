@@ -100,7 +100,9 @@ class TorchPredictor:
         raw: dict[str, Any] = {}
         for k, v in observation.items():
             if isinstance(v, np.ndarray):
-                v = torch.from_numpy(np.ascontiguousarray(v.astype(np.float32) if v.dtype.kind == "f" else v))
+                v = np.ascontiguousarray(v.astype(np.float32) if v.dtype.kind == "f" else v)
+                # frames decoded from a message are read-only views of its bytes; torch wants to own them
+                v = torch.from_numpy(v if v.flags.writeable else v.copy())
             raw[k] = v
         return self.pre(raw)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smolvla.config import ConfigError
+from smolvla.errors import SmolVLAError
 
 log = logging.getLogger("smolvla.robot")
 
@@ -52,7 +53,7 @@ class SafetyConfig:
             raise ConfigError(f"safety.server_timeout_s: got {v!r}, expected seconds > 0")
 
 
-class SafetyError(ConfigError):
+class SafetyError(SmolVLAError, ValueError):
     """A safety setting that cannot be applied (e.g. joint limits without the dataset's stats)."""
 
 

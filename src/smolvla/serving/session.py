@@ -24,6 +24,7 @@ its own thread, so video encoding does not hold up the control loop.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import queue
@@ -31,7 +32,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,9 @@ class SessionConfig:
     dataset: str | None = None  # a folder to record into (LeRobotDataset v3); None: no recording
     video_codec: str | None = None
     queue_plot: bool = True
+    # what the server must be serving (LeRobot's --pretrained_name_or_path / --policy_device): refused if not
+    expect_policy: str | None = None
+    expect_device: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("episode_time_s", "reset_time_s"):
@@ -244,6 +248,7 @@ class RobotSession:
         self.guard: ActionGuard | None = None
         self.recorder: Recorder | None = None
         self.out = Path(config.output_dir)
+        self._plot = False
 
     # -- before anything moves ------------------------------------------------------------------------
 
@@ -253,6 +258,7 @@ class RobotSession:
         cfg = self.config
         self.policy = self.connect_policy()
         meta = self.policy.metadata if isinstance(self.policy.metadata, dict) else {}
+        self._check_expected(meta)
         features = RobotFeatures.of(self.robot)
         self.mapping = check_mapping(features, PolicyFeatures.from_metadata(meta), cfg.rename_map)
         self.guard = ActionGuard.from_config(cfg.safety, features.action, meta.get("action_range"))
@@ -266,6 +272,9 @@ class RobotSession:
         for note in m.notes:
             log.info("note: %s", note)
         log.info("safety: %s", self.guard.describe())
+        self._plot = cfg.queue_plot and importlib.util.find_spec("matplotlib") is not None
+        if cfg.queue_plot and not self._plot:
+            log.warning("no queue plots: matplotlib is not installed (pip install matplotlib); JSON only")
         if cfg.dataset is not None:
             fps = cfg.client.fps
             if fps != int(fps):
@@ -276,6 +285,22 @@ class RobotSession:
                 Path(cfg.dataset), features.dataset_features(), int(fps), features.robot_type, cfg.video_codec
             )
         return self.mapping
+
+    def _check_expected(self, meta: dict[str, Any]) -> None:
+        cfg = self.config
+        served, device = meta.get("policy_path"), meta.get("device")
+        if cfg.expect_policy is not None and served != cfg.expect_policy:
+            raise ConfigError(
+                f"pretrained_name_or_path: got {cfg.expect_policy!r}, but the server serves {served!r}; "
+                "start "
+                f"`smolvla serve --policy.path={cfg.expect_policy}` or leave the flag out"
+            )
+        if cfg.expect_device is not None and str(device).split(":")[0] != cfg.expect_device.split(":")[0]:
+            raise ConfigError(
+                f"policy_device: got {cfg.expect_device!r}, but the server runs the policy on {device!r}; "
+                f"the device is the server's: `smolvla serve --policy.device={cfg.expect_device}`, or leave "
+                "the flag out"
+            )
 
     # -- the run --------------------------------------------------------------------------------------
 
@@ -338,7 +363,8 @@ class RobotSession:
 
     def _new_client(self, mapped: MappedRobot) -> RobotClient:
         assert self.policy is not None
-        return RobotClient(mapped, self.policy, self.config.client).start()
+        client_cfg = replace(self.config.client, server_timeout_s=self.config.safety.server_timeout_s)
+        return RobotClient(mapped, self.policy, client_cfg).start()
 
     def _connect(self, deadline: float, why: BaseException | None) -> bool:
         """A connection that answers, with the episode started on the server: at once when the current
@@ -460,7 +486,7 @@ class RobotSession:
         saved = recorder.save_episode() if recorder is not None and frames else None
         row = self._episode_report(index, stop, seconds, ticks, lat, totals, reconnects, guard, saved)
         write_json(self.out / f"episode_{index:03d}.json", row)
-        if cfg.queue_plot and ticks:
+        if self._plot and ticks:
             plot_ticks(ticks, self.out / f"episode_{index:03d}.png", f"episode {index}: {cfg.client.task}")
         p50 = row["inference_latency_ms"]["p50"]
         log.info(
