@@ -48,7 +48,7 @@ def test_lerobots_command_line_parses():
 def test_passthrough_group_refuses_a_bare_group_and_a_missing_value():
     with pytest.raises(UsageError, match="give its fields one by one"):
         flags.normalize(['--robot={"type": "x"}'], RobotClientCommandConfig, "robot-client")
-    with pytest.raises(UsageError, match="--robot.port: expected one value"):
+    with pytest.raises(UsageError, match=r"--robot\.port: expected one value"):
         flags.normalize(["--robot.port"], RobotClientCommandConfig, "robot-client")
     out = flags.normalize(["--robot.type=x", "--robot.max_relative_target=5"], RobotClientCommandConfig, "rc")
     assert out == [f"--robot={json.dumps({'type': 'x', 'max_relative_target': '5'})}"]

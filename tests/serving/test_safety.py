@@ -48,11 +48,11 @@ def test_clamps_are_logged_at_most_once_a_second(caplog):
 
 
 def test_config_and_missing_stats_are_refused():
-    with pytest.raises(ConfigError, match="safety.max_step: got -1"):
+    with pytest.raises(ConfigError, match=r"safety\.max_step: got -1"):
         SafetyConfig(max_step=-1)
-    with pytest.raises(ConfigError, match="safety.server_timeout_s: got 0"):
+    with pytest.raises(ConfigError, match=r"safety\.server_timeout_s: got 0"):
         SafetyConfig(server_timeout_s=0)
-    with pytest.raises(SafetyError, match="--safety.joint_limits=false"):
+    with pytest.raises(SafetyError, match=r"--safety\.joint_limits=false"):
         ActionGuard.from_config(SafetyConfig(), ["a"], None)
     g = ActionGuard.from_config(SafetyConfig(limit_margin=0.1), ["a"], {"min": [0.0], "max": [10.0]})
     assert g.low.tolist() == [-1.0] and g.high.tolist() == [11.0]
