@@ -171,3 +171,40 @@ def test_ctrl_c_and_sigterm_stop_and_disconnect(arm_ckpt, tmp_path, how):
     assert arm.events[-1] == {**arm.events[-1], "kind": "disconnect", "torque": False}
     assert report["episodes"][0]["dataset_episode"] == 0  # what ran until the stop is kept
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_the_robot_side_runs_without_torch(arm_ckpt, tmp_path):
+    """The robot's computer needs no torch: a whole session, recording included, in an interpreter where
+    importing torch fails, against the server in this one."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now raises
+from smolvla.apps.robot_client import RobotClientCommandConfig
+from smolvla.serving.client import PolicyClient, RobotClientConfig
+from smolvla.serving.session import RobotSession, SessionConfig
+from tests.serving.fake_arm import FakeArmCore
+cfg = SessionConfig(
+    client=RobotClientConfig(task="pick up the cube", fps=30),
+    rename_map={RENAME!r},
+    episode_time_s=1.0,
+    output_dir={str(tmp_path / "out")!r},
+    dataset={str(tmp_path / "ds")!r},
+)
+report = RobotSession(FakeArmCore(start={START!r}), lambda: PolicyClient(URL), cfg).run()
+assert report["episodes"][0]["executed"] > 0, report
+print("ok")
+"""
+    with serve(arm_ckpt) as st:
+        r = subprocess.run(
+            [sys.executable, "-c", f"URL = {st.url!r}\n{code}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

@@ -232,7 +232,9 @@ class ClientStats:
     aggregated: int = 0  # incoming actions merged with a queued one
     late_discarded: int = 0  # answers that came after the deadline, dropped
     holds: int = 0  # times the deadline passed and the robot held
-    latencies_s: list[float] = field(default_factory=list)  # observation sent -> chunk merged
+    latencies_s: list[float] = field(
+        default_factory=list
+    )  # observation sent -> answer (merged, or dropped as late)
     log: list[TimedAction] = field(default_factory=list)  # what the robot executed, in order
 
 
@@ -325,10 +327,14 @@ class RobotClient:
             if self._abandoned:  # computed from an observation older than the deadline: not executed
                 self._abandoned, self._inflight = False, False
                 self.stats.late_discarded += 1
+                took = time.monotonic() - sent_at
+                self.stats.latencies_s.append(took)
                 log.warning(
-                    "server: the answer to timestep %d came after %.2f s, past the deadline; dropped",
+                    "server: the answer to timestep %d came after %.2f s, past the %.2f s deadline; dropped "
+                    "(if the policy is that slow on its device, raise --safety.server_timeout_s above it)",
                     timestep,
-                    time.monotonic() - sent_at,
+                    took,
+                    self.config.server_timeout_s,
                 )
                 return
         if actions.shape[0] > 0:

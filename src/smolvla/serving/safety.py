@@ -38,8 +38,9 @@ class SafetyConfig:
     joint_limits: bool = True
     # how far beyond the dataset's range a joint may go, as a fraction of that range
     limit_margin: float = 0.05
-    # seconds an observation may wait for its actions; past that the arm holds and the late answer is dropped
-    server_timeout_s: float = 2.0
+    # seconds an observation may wait for its actions; past that the arm holds and the late answer is
+    # dropped. Above the policy's usual time per chunk (full-size SmolVLA on a CPU: 1.5-4 s)
+    server_timeout_s: float = 5.0
     # when the server is unreachable: hold and reconnect every second (true), or end the episode (false)
     reconnect: bool = True
 

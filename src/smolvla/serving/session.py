@@ -590,7 +590,7 @@ def plot_ticks(ticks: list[dict[str, float]], png: Path, title: str) -> None:
     a.step(t, [x["queue"] for x in ticks], where="post")
     a.set_ylabel("actions queued")
     a.grid(alpha=0.3)
-    b.plot(t, [x["period_ms"] for x in ticks], label="tick period")
+    b.plot(t[1:], [x["period_ms"] for x in ticks[1:]], label="tick period")  # the first has no previous
     b.plot(t, [x["work_ms"] for x in ticks], label="tick work")
     b.set_ylabel("ms")
     b.set_xlabel("time (s)")
