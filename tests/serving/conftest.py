@@ -53,7 +53,7 @@ ARM_MIN = [-60.0, -50.0, -40.0, -30.0, -90.0, 0.0]
 ARM_MAX = [60.0, 50.0, 40.0, 30.0, 90.0, 100.0]
 
 
-def save_arm_checkpoint(folder: Path, chunk_size: int = 10) -> Path:
+def save_arm_checkpoint(folder: Path, chunk_size: int = 10, cameras: int = 2) -> Path:
     import dataclasses
 
     from smolvla.config import FeatureType, PolicyFeature, preset
@@ -63,8 +63,10 @@ def save_arm_checkpoint(folder: Path, chunk_size: int = 10) -> Path:
     cfg = dataclasses.replace(
         preset("micro"),
         input_features={
-            "observation.images.camera1": PolicyFeature(FeatureType.VISUAL, (3, 24, 32)),
-            "observation.images.camera2": PolicyFeature(FeatureType.VISUAL, (3, 24, 32)),
+            **{
+                f"observation.images.camera{i + 1}": PolicyFeature(FeatureType.VISUAL, (3, 24, 32))
+                for i in range(cameras)
+            },
             "observation.state": PolicyFeature(FeatureType.STATE, (6,)),
         },
         output_features={"action": PolicyFeature(FeatureType.ACTION, (6,))},
