@@ -208,3 +208,22 @@ print("ok")
             timeout=120,
         )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_a_driver_failure_disconnects_and_keeps_the_frames(arm_ckpt, tmp_path):
+    class FailingArm(FakeArmCore):
+        def send_action(self, action):
+            if len(self.goals()) == 15:
+                raise OSError("[Errno 5] Input/output error: the motor bus")
+            return super().send_action(action)
+
+    arm = FailingArm(start=START)
+    with serve(arm_ckpt) as st:
+        cfg = config(tmp_path, episode_time_s=10.0, dataset=str(tmp_path / "ds"))
+        with pytest.raises(OSError, match="motor bus"):
+            RobotSession(arm, lambda: PolicyClient(st.url), cfg).run()
+    assert arm.events[-1] == {**arm.events[-1], "kind": "disconnect", "torque": False}
+    info = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 1 and info["total_frames"] >= 15
+    session = json.loads((tmp_path / "out" / "session.json").read_text())
+    assert session["stop"] == "error: OSError: [Errno 5] Input/output error: the motor bus"

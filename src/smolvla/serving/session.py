@@ -213,7 +213,10 @@ class Recorder:
     def close(self) -> None:
         self._q.put(None)
         self._thread.join()
-        self.writer.close()
+        if self._error is None:
+            self.writer.finalize()  # joins the per-episode videos
+        else:
+            self.writer.close()
 
 
 @contextlib.contextmanager
@@ -323,7 +326,6 @@ class RobotSession:
                     if ep["stop"] != "time limit":
                         stop = ep["stop"]
                         break
-                    self.guard.reset()  # type: ignore[union-attr]
                     if i + 1 < cfg.num_episodes and cfg.reset_time_s > 0:
                         log.info(
                             "reset the scene: episode %d starts in %.0f s (the arm holds)",
@@ -334,23 +336,26 @@ class RobotSession:
         except KeyboardInterrupt:
             stop = "interrupted"
             log.warning("stopped (Ctrl-C or SIGTERM): no more actions; disconnecting")
+        except BaseException as e:
+            stop = f"error: {type(e).__name__}: {e}"
+            raise
         finally:
             self._close()
-        report = {
-            "stop": stop,
-            "episodes": episodes,
-            "config": asdict(cfg),
-            "mapping": None
-            if self.mapping is None
-            else {
-                "state": list(self.mapping.robot.state),
-                "cameras": self.mapping.cameras,
-                "action": list(self.mapping.robot.action),
-                "notes": list(self.mapping.notes),
-            },
-            "dataset": cfg.dataset,
-        }
-        write_json(self.out / "session.json", report)
+            report = {
+                "stop": stop,
+                "episodes": episodes,
+                "config": asdict(cfg),
+                "mapping": None
+                if self.mapping is None
+                else {
+                    "state": list(self.mapping.robot.state),
+                    "cameras": self.mapping.cameras,
+                    "action": list(self.mapping.robot.action),
+                    "notes": list(self.mapping.notes),
+                },
+                "dataset": cfg.dataset,
+            }
+            write_json(self.out / "session.json", report)
         return report
 
     def _close(self) -> None:
@@ -475,6 +480,14 @@ class RobotSession:
         except KeyboardInterrupt:
             stop = "interrupted"
             log.warning("stopped (Ctrl-C or SIGTERM): no more actions")
+        except BaseException:
+            if recorder is not None and frames:  # the frames up to the failure help find its cause
+                try:
+                    recorder.save_episode()
+                    log.warning("the failed episode's %d frames are saved in %s", frames, recorder.root)
+                except Exception as e:
+                    log.warning("the failed episode's frames could not be saved: %s", e)
+            raise
         finally:
             if client is not None:
                 self._fold(totals, lat, client)
