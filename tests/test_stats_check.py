@@ -51,3 +51,23 @@ def test_the_callers_error_class_is_raised():
 
     with pytest.raises(Mine):
         validate_stats({"x": {"std": [-1.0]}}, error=Mine)
+
+
+def test_stats_range_is_the_finite_ordered_min_max_or_none():
+    from smolvla.stats_check import stats_range
+
+    assert stats_range({"min": [0, -1], "max": [1, 2], "mean": [0, 0]}, 2) == {
+        "min": [0.0, -1.0],
+        "max": [1.0, 2.0],
+    }
+    for bad in (
+        None,
+        [],
+        "minmax",
+        {"min": [0, 1]},
+        {"min": [0], "max": [1]},
+        {"min": [0, 3], "max": [1, 2]},
+        {"min": [0, float("nan")], "max": [1, 2]},
+        {"min": ["a", "b"], "max": [1, 2]},
+    ):
+        assert stats_range(bad, 2) is None, bad

@@ -155,7 +155,15 @@ def test_killed_server_holds_the_arm_and_ctrl_c_disconnects(client_python, tmp_p
     ckpt = save_arm_checkpoint(tmp_path / "arm")
     server = ServerProcess(str(ckpt), latency=0.0, rtc=False)
     cmd = client_cmd(client_python, server.url, tmp_path, f"--rename_map={RENAME}", "--episode_time_s=60")
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C's default action in the client, even when this runner was started with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 60
         while len(goals(motor_log(tmp_path))[0]) < 30:  # driving

@@ -84,6 +84,8 @@ def test_fp32_actions_equal_pytorchs(tiny, tiny_torch, backend):
         np.testing.assert_allclose(
             runtime.predict_chunk(obs, noise), tiny_torch.predict_chunk(obs, noise), atol=1e-4
         )
+    # the dataset's action range travels with the export, for a robot client's joint limits
+    assert runtime.action_range() == tiny_torch.action_range() == {"min": [-1.0] * 4, "max": [1.0] * 4}
 
 
 def test_select_action_runs_a_chunk_then_pops_it(tiny, tiny_torch):

@@ -93,6 +93,9 @@ def test_session_drives_the_arm_and_records_the_rollout(arm_ckpt, tmp_path):
 def test_a_mismatch_is_refused_before_the_arm_connects(arm_ckpt, tmp_path):
     arm = FakeArmCore(start=START)
     with serve(arm_ckpt) as st:
+        meta = PolicyClient(st.url).metadata  # what the session checks and limits with
+        assert meta["action_range"] == {"min": ARM_MIN, "max": ARM_MAX}
+        assert meta["device"] == "cpu" and meta["policy_path"] == str(arm_ckpt)
         cfg = SessionConfig(client=RobotClientConfig(task="x"), output_dir=str(tmp_path))  # no rename map
         with pytest.raises(MappingError, match="--rename_map="):
             RobotSession(arm, lambda: PolicyClient(st.url), cfg).run()
@@ -152,6 +155,15 @@ def test_a_killed_server_makes_the_arm_hold_until_it_is_back(arm_ckpt, tmp_path)
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_ctrl_c_and_sigterm_stop_and_disconnect(arm_ckpt, tmp_path, how):
+    # Python's own Ctrl-C handler, also when the test runner was started with SIGINT ignored (nohup)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_and_sigterm(arm_ckpt, tmp_path, how)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _ctrl_c_and_sigterm(arm_ckpt, tmp_path, how: str) -> None:
     arm = FakeArmCore(start=START)
     with serve(arm_ckpt) as st:
         cfg = config(tmp_path, episode_time_s=30.0, dataset=str(tmp_path / "ds"))

@@ -91,6 +91,8 @@ def _import_all(package: str) -> list[str]:
             importlib.import_module(info.name)
         except ImportError as e:
             failed.append(f"{info.name.rsplit('.', 1)[-1]} ({e.name or e} missing)")
+        except Exception as e:  # a driver that fails at import is named, not fatal to the others
+            failed.append(f"{info.name.rsplit('.', 1)[-1]} ({type(e).__name__}: {e})")
     return failed
 
 

@@ -232,9 +232,8 @@ class ClientStats:
     aggregated: int = 0  # incoming actions merged with a queued one
     late_discarded: int = 0  # answers that came after the deadline, dropped
     holds: int = 0  # times the deadline passed and the robot held
-    latencies_s: list[float] = field(
-        default_factory=list
-    )  # observation sent -> answer (merged, or dropped as late)
+    # observation sent -> answer (merged, or dropped as late)
+    latencies_s: list[float] = field(default_factory=list)
     log: list[TimedAction] = field(default_factory=list)  # what the robot executed, in order
 
 
