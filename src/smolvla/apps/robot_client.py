@@ -29,6 +29,7 @@ from smolvla.apps import flags
 from smolvla.apps.flags import UsageError
 from smolvla.serving.client import AGGREGATE_FUNCTIONS, PolicyClient, RobotClientConfig
 from smolvla.serving.mapping import parse_rename_map
+from smolvla.serving.protocol import api_key_from_env
 from smolvla.serving.safety import SafetyConfig
 from smolvla.serving.session import RobotSession, SessionConfig
 
@@ -218,8 +219,6 @@ def session_config(cfg: RobotClientCommandConfig) -> SessionConfig:
 
 
 def run(cfg: RobotClientCommandConfig) -> dict[str, Any]:
-    import os
-
     logging.basicConfig(
         level=cfg.log_level.upper(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -228,11 +227,7 @@ def run(cfg: RobotClientCommandConfig) -> dict[str, Any]:
     session_cfg = session_config(cfg)
     if not cfg.robot:
         raise UsageError("--robot.type is required (LeRobot's robot config: --robot.type=so101_follower ...)")
-    api_key = None
-    if cfg.api_key_env:
-        api_key = os.environ.get(cfg.api_key_env)
-        if not api_key:
-            raise UsageError(f"--api_key_env: environment variable {cfg.api_key_env!r} is not set or empty")
+    api_key = api_key_from_env(cfg.api_key_env)
     robot = lerobot_robot(cfg.robot)
     session = RobotSession(robot, lambda: PolicyClient(cfg.server_address, api_key=api_key), session_cfg)
     report = session.run()

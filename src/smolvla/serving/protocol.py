@@ -24,6 +24,7 @@ only (no torch), so robot-side code can use it.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from smolvla.config import ConfigError
 from smolvla.errors import SmolVLAError
 
 NDARRAY = b"__ndarray__"
@@ -274,6 +276,18 @@ def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 
 # --------------------------------------------------------------------------------------------------
 # Observations: what the server accepts, checked field by field
+
+
+def api_key_from_env(var: str | None) -> str | None:
+    """The API key in environment variable `var` (openpi-client's `Authorization: Api-Key ...`), or None
+    when no variable is named; a named but unset or empty one is an error, not an open server."""
+    if not var:
+        return None
+    key = os.environ.get(var)
+    if not key:
+        raise ConfigError(f"--api_key_env: environment variable {var!r} is not set or empty")
+    return key
+
 
 TASK_KEY = "task"
 STATE_KEY = "observation.state"

@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -59,6 +58,7 @@ from smolvla.serving.protocol import (
     Limits,
     ObservationSpec,
     ProtocolError,
+    api_key_from_env,
     packb,
     unpackb,
 )
@@ -580,11 +580,7 @@ def run_server(cfg: ServeConfig) -> None:
     )
     if not cfg.policy.path:
         raise ConfigError("--policy.path is required: a checkpoint folder or hub repo id")
-    api_key = None
-    if cfg.api_key_env:
-        api_key = os.environ.get(cfg.api_key_env)
-        if not api_key:
-            raise ConfigError(f"--api_key_env: environment variable {cfg.api_key_env!r} is not set or empty")
+    api_key = api_key_from_env(cfg.api_key_env)
     if cfg.host not in LOOPBACK:
         log.warning(
             "binding to %s: reachable from other machines%s",
