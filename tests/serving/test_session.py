@@ -239,3 +239,22 @@ def test_a_driver_failure_disconnects_and_keeps_the_frames(arm_ckpt, tmp_path):
     assert info["total_episodes"] == 1 and info["total_frames"] >= 15
     session = json.loads((tmp_path / "out" / "session.json").read_text())
     assert session["stop"] == "error: OSError: [Errno 5] Input/output error: the motor bus"
+
+
+def test_the_step_limit_counts_from_the_goal_the_driver_wrote():
+    from smolvla.serving.mapping import PolicyFeatures, RobotFeatures, check_mapping
+    from smolvla.serving.safety import ActionGuard
+    from smolvla.serving.session import MappedRobot
+
+    arm = FakeArmCore(start=(0.0,) * 6, max_relative_target=2.0)  # the driver caps at 2 per goal
+    policy = PolicyFeatures(
+        {"observation.images.camera1": (24, 32), "observation.images.camera2": (24, 32)}, 6, 6
+    )
+    mapping = check_mapping(RobotFeatures.of(arm), policy, RENAME)
+    guard = ActionGuard(mapping.robot.action, max_step=5.0)
+    robot = MappedRobot(arm, mapping, guard)
+    arm.connect()
+    guard.reset(mapping.joint_positions(robot.observe()))
+    assert robot.send_action(np.full(6, 10.0)).tolist() == [2.0] * 6  # ours let 5 through, the driver 2
+    assert guard.goal.tolist() == [2.0] * 6  # so the next step is measured from 2, not 5
+    assert robot.send_action(np.full(6, 10.0)).tolist() == [4.0] * 6

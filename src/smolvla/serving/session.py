@@ -115,7 +115,10 @@ class MappedRobot:
     def send_action(self, action: np.ndarray) -> np.ndarray:
         safe = self.guard(action)
         reported = self.robot.send_action(self.mapping.action_dict(safe))
+        # LeRobot's drivers report the goal they wrote (after their own max_relative_target); one that
+        # reports nothing wrote what it was given
         sent = self.mapping.action_vector(reported if isinstance(reported, dict) else {}, safe)
+        self.guard.reset(sent)  # the next step is measured from the goal the motors really got
         self.sent = sent
         return sent
 
